@@ -1,0 +1,80 @@
+"""Configuration: one settings object read from the environment (prefix ``MOVIEREC_``) and ``.env``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_VAR_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MOVIEREC_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: Literal["development", "production", "test"] = Field(
+        "development", description="`production` refuses development-only defaults."
+    )
+    database_url: str = Field(
+        f"sqlite:///{DEFAULT_VAR_DIR / 'movierec.db'}",
+        description="SQLAlchemy URL of the store (SQLite file by default, PostgreSQL in deployment).",
+    )
+    model_dir: Path = Field(
+        DEFAULT_VAR_DIR / "models", description="Where checkpoints are written."
+    )
+    data_dir: Path = Field(
+        DEFAULT_VAR_DIR / "data", description="Where fetched data sets are kept."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs: `auto` picks CUDA when present."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for the admin API; admin routes are closed when unset."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_json: bool = Field(False, description="Emit logs as JSON lines.")
+    model_poll_seconds: float = Field(
+        2.0, description="How often each API process checks for a new active model version."
+    )
+    worker_poll_seconds: float = Field(1.0, description="How often a worker looks for queued jobs.")
+    heartbeat_seconds: float = Field(
+        2.0, description="How often a running job beats its heartbeat."
+    )
+    heartbeat_timeout_seconds: float = Field(
+        30.0, description="A running job with no heartbeat for this long is marked failed."
+    )
+    activation_tolerance: float = Field(
+        0.0,
+        description="A new model is activated when its validation metric is not worse than the "
+        "active model's by more than this (relative, 0.01 = 1 %).",
+    )
+    max_body_bytes: int = Field(1_000_000, description="Largest accepted request body.")
+
+    @model_validator(mode="after")
+    def _production_refuses_dev_defaults(self) -> Settings:
+        if self.environment == "production":
+            if self.database_url.startswith("sqlite"):
+                raise ValueError("production needs MOVIEREC_DATABASE_URL pointing at PostgreSQL")
+            if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
+                raise ValueError(
+                    "MOVIEREC_ADMIN_TOKEN must be at least 16 characters in production"
+                )
+        return self
+
+    def ensure_dirs(self) -> None:
+        """Create the local folders the embedded default writes to."""
+        if self.database_url.startswith("sqlite:///"):
+            path = Path(self.database_url.removeprefix("sqlite:///"))
+            if str(path) not in ("", ":memory:"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,113 @@
+"""The model registry: register checkpoints, choose and switch the active version.
+
+Services take the session explicitly and never commit; the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import ModelStatus, ModelVersion, utcnow
+
+# Validation metrics compared before a new model replaces the active one:
+# (key in the manifest's "validation" metrics, True when higher is better).
+GATED_METRICS: tuple[tuple[str, bool], ...] = (("ndcg@10", True), ("rmse", False))
+
+
+class RegistryError(Exception):
+    """A registry operation cannot be done (unknown version, refused activation...)."""
+
+
+def get_version(session: Session, version_id: int) -> ModelVersion | None:
+    return session.get(ModelVersion, version_id)
+
+
+def list_versions(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())))
+
+
+def active_version(session: Session) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.is_active)).one_or_none()
+
+
+def register_version(
+    session: Session, *, path: str, sha256: str, manifest: dict[str, Any], metrics: dict[str, Any]
+) -> ModelVersion:
+    """Record a written, verified checkpoint as a registered (inactive) version."""
+    version = ModelVersion(
+        path=path,
+        sha256=sha256,
+        manifest=manifest,
+        metrics=metrics,
+        status=ModelStatus.registered.value,
+        is_active=False,
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def activate(session: Session, version_id: int) -> ModelVersion:
+    """Make ``version_id`` the one active version (also used to roll back)."""
+    version = session.get(ModelVersion, version_id, with_for_update=True)
+    if version is None:
+        raise RegistryError(f"model version {version_id} does not exist")
+    if version.status == ModelStatus.failed.value:
+        raise RegistryError(f"model version {version_id} failed verification and cannot serve")
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.is_active, ModelVersion.id != version_id)
+        .values(is_active=False, status=ModelStatus.retired.value)
+    )
+    session.flush()
+    version.is_active = True
+    version.status = ModelStatus.active.value
+    version.activated_at = utcnow()
+    session.flush()
+    return version
+
+
+def mark_failed(session: Session, version_id: int, reason: str) -> None:
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        return
+    version.status = ModelStatus.failed.value
+    version.is_active = False
+    version.note = reason
+    session.flush()
+
+
+@dataclass(frozen=True)
+class Gate:
+    activate: bool
+    reason: str
+
+
+def activation_gate(
+    new_metrics: dict[str, Any], active_metrics: dict[str, Any] | None, tolerance: float
+) -> Gate:
+    """Decide whether a new model may replace the active one.
+
+    ``*_metrics`` are the versions' ``metrics`` JSON; the compared values sit under
+    ``"validation"``. A model is activated when no gated metric is worse than the active one's
+    by more than ``tolerance`` (relative). With no active model, any model is activated.
+    """
+    if not active_metrics:
+        return Gate(True, "no active model")
+    new_val = new_metrics.get("validation", {})
+    old_val = active_metrics.get("validation", {})
+    for key, higher_is_better in GATED_METRICS:
+        new, old = new_val.get(key), old_val.get(key)
+        if new is None or old is None:
+            continue
+        slack = abs(old) * tolerance
+        worse = new < old - slack if higher_is_better else new > old + slack
+        if worse:
+            return Gate(
+                False, f"validation {key} {new:.4f} is worse than the active model's {old:.4f}"
+            )
+    return Gate(True, "validation metrics not worse than the active model's")

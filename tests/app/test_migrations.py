@@ -1,0 +1,71 @@
+"""Migrations: upgrade → downgrade → upgrade on both databases; the ORM matches them."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from app.db import migrate
+from app.db.base import Base
+from app.db.session import make_engine
+
+EXPECTED_TABLES = {"movies", "users", "ratings", "model_versions", "training_jobs"}
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite", "postgresql"], indirect=True)
+def test_upgrade_downgrade_upgrade(fresh_database) -> None:  # type: ignore[no-untyped-def]
+    url = fresh_database.url
+    engine = make_engine(url)
+    assert set(inspect(engine).get_table_names()) >= EXPECTED_TABLES
+    migrate.downgrade(url, "base")
+    engine.dispose()
+    assert not EXPECTED_TABLES & set(inspect(make_engine(url)).get_table_names())
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    assert set(inspect(engine).get_table_names()) >= EXPECTED_TABLES
+    assert migrate.current(url) is not None
+    engine.dispose()
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite", "postgresql"], indirect=True)
+def test_orm_matches_migrations(fresh_database) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(fresh_database.url)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(ctx, Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_constraints_enforced(database) -> None:  # type: ignore[no-untyped-def]
+    with database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO movies (id, title, genres) VALUES (1, 'A', '')"))
+        conn.execute(text("INSERT INTO users (id) VALUES (1)"))
+        conn.execute(text("INSERT INTO ratings (user_id, movie_id, rating) VALUES (1, 1, 4)"))
+    bad = [
+        "INSERT INTO ratings (user_id, movie_id, rating) VALUES (1, 1, 3)",  # duplicate pair
+        "INSERT INTO ratings (user_id, movie_id, rating) VALUES (1, 2, 3)",  # unknown movie
+        "INSERT INTO ratings (user_id, movie_id, rating) VALUES (2, 1, 3)",  # unknown user
+        "UPDATE ratings SET rating = 5.5",  # out of range
+        "UPDATE ratings SET rating = 0",
+    ]
+    for stmt in bad:
+        with pytest.raises(IntegrityError), database.engine.begin() as conn:
+            conn.execute(text(stmt))
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO model_versions (path, sha256, manifest, metrics, status, is_active,"
+                " created_at) VALUES ('a', 'x', '{}', '{}', 'active', true, CURRENT_TIMESTAMP)"
+            )
+        )
+    with pytest.raises(IntegrityError), database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO model_versions (path, sha256, manifest, metrics, status, is_active,"
+                " created_at) VALUES ('b', 'x', '{}', '{}', 'active', true, CURRENT_TIMESTAMP)"
+            )
+        )
