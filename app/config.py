@@ -1,4 +1,4 @@
-"""Configuration: one settings object read from the environment (prefix ``MOVIEREC_``) and ``.env``."""
+"""Configuration: one settings object from the environment (prefix ``MOVIEREC_``) and ``.env``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         f"sqlite:///{DEFAULT_VAR_DIR / 'movierec.db'}",
-        description="SQLAlchemy URL of the store (SQLite file by default, PostgreSQL in deployment).",
+        description="SQLAlchemy URL of the store (SQLite by default, PostgreSQL in deployment).",
     )
     model_dir: Path = Field(
         DEFAULT_VAR_DIR / "models", description="Where checkpoints are written."
