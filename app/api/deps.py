@@ -1,0 +1,81 @@
+"""Typed dependencies: ``SessionDep``, ``SettingsDep``, ``StateDep``, ``AdminDep``.
+
+Every dependency here is ``async`` so FastAPI runs it on the event loop rather than sending it
+to the thread pool: the request path stays on one thread, where torch and the GIL do not
+contend (see the serving notes).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.observability import Metrics
+from app.services.errors import AdminDisabledError, NotAuthenticatedError, ServiceError
+from app.serving import ModelHolder, ServingState
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request; the request owns the transaction (commit on success)."""
+    session: Session = request.app.state.sessions()
+    try:
+        yield session
+        session.commit()
+    except ServiceError as exc:
+        if exc.commit_changes:
+            session.commit()
+        else:
+            session.rollback()
+        raise
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+async def get_holder(request: Request) -> ModelHolder:
+    return request.app.state.holder  # type: ignore[no-any-return]
+
+
+async def get_state(request: Request) -> ServingState | None:
+    """The serving state at the start of the request (kept for the whole request)."""
+    return request.app.state.holder.state  # type: ignore[no-any-return]
+
+
+async def require_admin(
+    request: Request,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <MOVIEREC_ADMIN_TOKEN>`")
+    ] = None,
+) -> None:
+    """Admin routes: a bearer token compared in constant time; all refused when none is set."""
+    configured = request.app.state.settings.admin_token
+    if configured is None or not configured.get_secret_value():
+        raise AdminDisabledError("admin is disabled: set MOVIEREC_ADMIN_TOKEN to enable it")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise NotAuthenticatedError("missing bearer token in the Authorization header")
+    if not hmac.compare_digest(token.strip().encode(), configured.get_secret_value().encode()):
+        raise NotAuthenticatedError("the bearer token is not valid")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+StateDep = Annotated[ServingState | None, Depends(get_state)]
+AdminDep = Depends(require_admin)

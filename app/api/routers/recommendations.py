@@ -1,0 +1,34 @@
+"""``POST /v1/recommendations``: recommendations for a visitor's ratings, nothing stored."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import MetricsDep, StateDep
+from app.api.routers.users import recommendations_out
+from app.api.schemas.common import problem_responses
+from app.api.schemas.recommendations import RecommendationsOut, VisitorRequest
+from app.services import recommendations as rec_service
+
+router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
+
+
+@router.post(
+    "",
+    summary="Recommendations for a visitor's ratings (folded in, not stored)",
+    responses=problem_responses(413, 422, 503),
+)
+async def visitor_recommendations(
+    body: VisitorRequest, state: StateDep, metrics: MetricsDep, response: Response
+) -> RecommendationsOut:
+    filters = rec_service.Filters(
+        genres=tuple(g.strip() for g in body.genres if g.strip()),
+        year_min=body.year_min,
+        year_max=body.year_max,
+        exclude=tuple(body.exclude),
+    )
+    ratings = [(r.movie_id, r.rating) for r in body.ratings]
+    result = rec_service.recommend_for_visitor(state, ratings, body.n, body.offset, filters)
+    metrics.recommendations.labels(result.source).inc()
+    response.headers["X-Model-Version"] = str(result.model_version)
+    return recommendations_out(None, result)

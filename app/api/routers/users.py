@@ -1,0 +1,145 @@
+"""``/v1/users/{user_id}``: recommendations, predictions and ratings of a stored user."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from app.api.deps import MetricsDep, SessionDep, StateDep
+from app.api.routers.params import parse_ids, parse_names
+from app.api.schemas.common import MAX_ID, problem_responses
+from app.api.schemas.ratings import RatingIn, RatingOut, RatingPage
+from app.api.schemas.recommendations import (
+    PredictionOut,
+    PredictionsOut,
+    RecommendationsOut,
+    RecommendedMovie,
+)
+from app.db.models import Rating
+from app.services import ratings as ratings_service
+from app.services import recommendations as rec_service
+from app.services.errors import InvalidInputError
+
+router = APIRouter(prefix="/v1/users/{user_id}", tags=["users"])
+UserId = Annotated[int, Path(ge=0, le=MAX_ID, description="A user id.")]
+MovieId = Annotated[int, Path(ge=0, le=MAX_ID, description="A movie id.")]
+MAX_PREDICTIONS = 1000
+
+
+def recommendations_out(
+    user_id: int | None, result: rec_service.Recommendations
+) -> RecommendationsOut:
+    return RecommendationsOut(
+        user_id=user_id,
+        model_version=result.model_version,
+        source=result.source,  # type: ignore[arg-type]
+        items=[RecommendedMovie(**vars(item)) for item in result.items],
+    )
+
+
+def rating_out(rating: Rating) -> RatingOut:
+    return RatingOut(
+        user_id=rating.user_id,
+        movie_id=rating.movie_id,
+        rating=rating.rating,
+        rated_at=rating.rated_at,
+    )
+
+
+@router.get(
+    "/recommendations",
+    summary="Top-N unseen movies for a user",
+    responses=problem_responses(404, 422, 503),
+)
+async def user_recommendations(
+    session: SessionDep,
+    state: StateDep,
+    metrics: MetricsDep,
+    response: Response,
+    user_id: UserId,
+    n: Annotated[int, Query(ge=1, le=100, description="How many movies.")] = 10,
+    offset: Annotated[int, Query(ge=0, le=10_000, description="Top movies to skip.")] = 0,
+    genres: Annotated[
+        str | None, Query(max_length=2000, description="Comma list: keep any of these genres.")
+    ] = None,
+    year_min: Annotated[int | None, Query(ge=0, le=9999, description="Earliest year.")] = None,
+    year_max: Annotated[int | None, Query(ge=0, le=9999, description="Latest year.")] = None,
+    exclude: Annotated[
+        str | None, Query(max_length=20_000, description="Comma list of movie ids to leave out.")
+    ] = None,
+) -> RecommendationsOut:
+    filters = rec_service.Filters(
+        genres=parse_names(genres),
+        year_min=year_min,
+        year_max=year_max,
+        exclude=parse_ids(exclude, "exclude"),
+    )
+    result = rec_service.recommend_for_user(session, state, user_id, n, offset, filters)
+    metrics.recommendations.labels(result.source).inc()
+    response.headers["X-Model-Version"] = str(result.model_version)
+    return recommendations_out(user_id, result)
+
+
+@router.get(
+    "/predictions",
+    summary="Predicted ratings of chosen movies for a user",
+    responses=problem_responses(404, 422, 503),
+)
+async def user_predictions(
+    session: SessionDep,
+    state: StateDep,
+    user_id: UserId,
+    movie_ids: Annotated[
+        str, Query(min_length=1, max_length=20_000, description="Comma list of movie ids.")
+    ],
+) -> PredictionsOut:
+    ids = parse_ids(movie_ids, "movie_ids")
+    if not ids:
+        raise InvalidInputError("movie_ids: give at least one movie id", field="movie_ids")
+    if len(ids) > MAX_PREDICTIONS:
+        raise InvalidInputError(f"movie_ids: at most {MAX_PREDICTIONS} ids", field="movie_ids")
+    version, predicted = rec_service.predict_for_user(session, state, user_id, ids)
+    return PredictionsOut(
+        user_id=user_id,
+        model_version=version,
+        items=[PredictionOut(movie_id=m, predicted_rating=predicted[m]) for m in ids],
+    )
+
+
+@router.get("/ratings", summary="A user's ratings", responses=problem_responses(404, 422, 503))
+async def list_ratings(
+    session: SessionDep,
+    user_id: UserId,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000, description="Ratings to skip.")] = 0,
+) -> RatingPage:
+    ratings, total = ratings_service.list_ratings(session, user_id, limit=limit, offset=offset)
+    return RatingPage(
+        items=[rating_out(r) for r in ratings], total=total, limit=limit, offset=offset
+    )
+
+
+@router.put(
+    "/ratings/{movie_id}",
+    summary="Rate a movie (creates the user if new)",
+    responses={201: {"model": RatingOut, "description": "Created"}}
+    | problem_responses(404, 413, 422, 503),
+)
+async def put_rating(
+    session: SessionDep, response: Response, user_id: UserId, movie_id: MovieId, body: RatingIn
+) -> RatingOut:
+    rating, created = ratings_service.set_rating(session, user_id, movie_id, body.rating)
+    response.status_code = 201 if created else 200
+    return rating_out(rating)
+
+
+@router.delete(
+    "/ratings/{movie_id}",
+    summary="Remove a rating",
+    status_code=204,
+    responses=problem_responses(404, 422, 503),
+)
+async def delete_rating(session: SessionDep, user_id: UserId, movie_id: MovieId) -> Response:
+    ratings_service.delete_rating(session, user_id, movie_id)
+    return Response(status_code=204)

@@ -1,0 +1,59 @@
+"""Admin schemas: training jobs and model versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class RetrainRequest(BaseModel):
+    epochs: int | None = Field(None, ge=1, le=10_000, description="Override the preset's epochs.")
+    preset: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Training preset name (see `ml.train.PRESETS`); `default` when omitted.",
+    )
+
+
+class JobOut(BaseModel):
+    id: int = Field(description="Job id.")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    params: dict[str, Any] = Field(description="Training overrides asked for.")
+    progress: dict[str, Any] = Field(
+        description="Latest progress: epoch, epochs, loss and validation metrics."
+    )
+    error: str | None = Field(description="Why the job failed, when it did.")
+    message: str | None = Field(description="Outcome, e.g. why the new model was not activated.")
+    model_version_id: int | None = Field(description="The version the job produced, if any.")
+    worker_id: str | None = Field(description="The worker that ran the job.")
+    created_at: datetime | None = Field(description="When the job was queued.")
+    started_at: datetime | None = Field(description="When a worker claimed it.")
+    finished_at: datetime | None = Field(description="When it ended.")
+    heartbeat_at: datetime | None = Field(description="The worker's last sign of life.")
+
+
+class JobPage(BaseModel):
+    items: list[JobOut] = Field(description="Jobs, newest first.")
+    total: int = Field(description="How many jobs there are.")
+
+
+class ModelOut(BaseModel):
+    id: int = Field(description="Version id (the `model_version` of responses).")
+    status: str = Field(description="registered, active, retired or failed.")
+    is_active: bool = Field(description="True for the one version serving.")
+    created_at: datetime | None = Field(description="When the version was registered.")
+    activated_at: datetime | None = Field(description="When it was last activated.")
+    path: str = Field(description="Checkpoint folder.")
+    sha256: str = Field(description="Checksum of the weights.")
+    metrics: dict[str, Any] = Field(description="Validation metrics recorded at training.")
+    note: str | None = Field(description="Why it failed, when it did.")
+    version_name: str | None = Field(description="The checkpoint's own version name, if any.")
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut] = Field(description="Versions, newest first.")
+    active: int | None = Field(description="Id of the active version, if any.")

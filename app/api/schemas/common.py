@@ -1,0 +1,46 @@
+"""Schemas shared by several resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_ID = 2_147_483_647  # ids are 32-bit integers in the store
+
+
+class Problem(BaseModel):
+    """An ``application/problem+json`` error body (RFC 9457)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="URI naming the kind of problem; `about:blank` when generic.")
+    title: str = Field(description="Short summary of the kind of problem.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What was wrong with this request, naming the field or id.")
+    request_id: str | None = Field(None, description="The request's id (X-Request-ID).")
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+    for code, text in (
+        (404, "Not found"),
+        (409, "Conflict"),
+        (413, "Request body too large"),
+        (422, "Invalid request"),
+        (503, "Database or model unavailable"),
+    )
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The problem+json responses of an endpoint, for the OpenAPI document."""
+    return {code: PROBLEM_RESPONSES[code] for code in codes if code in PROBLEM_RESPONSES} | {
+        code: {
+            "model": Problem,
+            "content": {"application/problem+json": {}},
+            "description": "Unauthorized" if code == 401 else "Forbidden",
+        }
+        for code in codes
+        if code in (401, 403)
+    }

@@ -1,0 +1,21 @@
+"""Health and readiness schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Health(BaseModel):
+    status: str = Field(description="`ok` while the process runs.")
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="`ready`, or `not ready` when a part failed.")
+    database: dict[str, Any] = Field(description="`ok` and the error when it is not.")
+    model: dict[str, Any] = Field(description="Loaded version and the last load failure.")
+
+
+class Ping(BaseModel):
+    ping: str = Field(description="Always `pong`: the cost of the HTTP stack alone.")

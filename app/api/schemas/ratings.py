@@ -1,0 +1,27 @@
+"""Rating schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class RatingIn(BaseModel):
+    rating: float = Field(
+        ge=0.5, le=5, multiple_of=0.5, description="The rating, 0.5 to 5 in steps of 0.5."
+    )
+
+
+class RatingOut(BaseModel):
+    user_id: int = Field(description="Who rated.")
+    movie_id: int = Field(description="The rated movie.")
+    rating: float = Field(description="The rating, 0.5 to 5.")
+    rated_at: datetime = Field(description="When the rating was last set.")
+
+
+class RatingPage(BaseModel):
+    items: list[RatingOut] = Field(description="This page of ratings, newest first.")
+    total: int = Field(description="How many ratings the user has.")
+    limit: int = Field(description="Page size asked for.")
+    offset: int = Field(description="How many ratings were skipped.")

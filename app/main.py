@@ -1,0 +1,98 @@
+"""The FastAPI application: ``create_app(settings)`` and its lifespan.
+
+The lifespan opens the engine, loads the catalogue and the active model once (on
+``settings.device``), then starts the background task that watches for a new active version.
+Routers live in ``app.api.routers``; nothing else happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import sessionmaker
+
+from app.api import problems
+from app.api.routers import admin, health, movies, recommendations, users
+from app.config import Settings, get_settings
+from app.db.session import make_engine
+from app.observability import Metrics, ObservabilityMiddleware, configure_logging
+from app.serving import Loader, ModelHolder, load_checkpoint
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("movierec.app")
+
+
+def _limit_torch_threads() -> None:
+    """One intra-op thread per API process: batch-1 forward passes gain nothing from more,
+    and extra threads contend with the event loop (measured in the serving notes)."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    holder: ModelHolder = app.state.holder
+    try:
+        await holder.refresh_async()
+    except Exception as exc:  # the database may be down at start: /readyz says so
+        log.warning("initial model load skipped: %s", exc)
+    watcher = asyncio.create_task(holder.watch(settings.model_poll_seconds), name="model-watch")
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        app.state.engine.dispose()
+
+
+def _mount_page(app: FastAPI) -> None:
+    """Serve the browser page from ``app/static`` when it is there."""
+    if not STATIC_DIR.is_dir():
+        return
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    index = STATIC_DIR / "index.html"
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(index, media_type="text/html")
+
+
+def create_app(settings: Settings | None = None, *, loader: Loader = load_checkpoint) -> FastAPI:
+    """Build the application for ``settings`` (the environment's when omitted)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    _limit_torch_threads()
+    app = FastAPI(
+        title="movierec",
+        version="0.1.0",
+        summary="Movie recommendations from a stacked autoencoder.",
+        lifespan=lifespan,
+    )
+    engine = make_engine(settings.database_url)
+    metrics = Metrics()
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    app.state.metrics = metrics
+    app.state.holder = ModelHolder(engine, device=settings.device, metrics=metrics, loader=loader)
+    problems.install(app)
+    for module in (health, movies, users, recommendations, admin):
+        app.include_router(module.router)
+    _mount_page(app)
+    app.add_middleware(
+        ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+    )
+    return app

@@ -1,0 +1,246 @@
+"""Observability: Prometheus metrics, structured logs with a request id, and the ASGI middleware.
+
+The middleware is pure ASGI (no ``BaseHTTPMiddleware``): it tags each request with an id
+(``X-Request-ID`` echoed or generated), refuses bodies over the configured size with 413,
+times the request and counts it per route template and status, and writes one access log line.
+Metrics live in a registry per app, so tests can build many apps in one process; one API process
+per replica (or per container) keeps the figures exact without multiprocess mode.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+log = logging.getLogger("movierec.http")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The service's Prometheus metrics, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "movierec_http_requests_total",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "movierec_http_request_duration_seconds",
+            "HTTP request latency by method and route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "movierec_model_version",
+            "Id of the model version this process serves (0 when none is loaded).",
+            registry=self.registry,
+        )
+        self.model_loaded = Gauge(
+            "movierec_model_loaded", "1 when a model is loaded and serving.", registry=self.registry
+        )
+        self.model_load_failures = Counter(
+            "movierec_model_load_failures_total",
+            "Model versions that failed to load in this process.",
+            registry=self.registry,
+        )
+        self.model_swaps = Counter(
+            "movierec_model_swaps_total", "Model versions swapped in.", registry=self.registry
+        )
+        self.recommendations = Counter(
+            "movierec_recommendations_total",
+            "Recommendation lists served, by source (model, popular).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.jobs = Gauge(
+            "movierec_training_jobs",
+            "Training jobs by status (refreshed when metrics are scraped).",
+            ["status"],
+            registry=self.registry,
+        )
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request id to every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id and extra fields."""
+
+    EXTRA_KEYS = ("method", "path", "route", "status", "duration_ms", "version", "job_id")
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        for key in self.EXTRA_KEYS:
+            if hasattr(record, key):
+                doc[key] = getattr(record, key)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def configure_logging(level: str, as_json: bool) -> None:
+    """Configure the root logger once: JSON lines or a readable text format, with request ids."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    if as_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_movierec", False)]:
+        root.removeHandler(old)
+    handler._movierec = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template; "unmatched" keeps unknown paths out of the labels."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
+
+
+class BodyTooLarge(Exception):
+    """The streamed request body went over the limit."""
+
+
+PROBLEM_413 = {
+    "type": "about:blank",
+    "title": "Request body too large",
+    "status": 413,
+}
+
+
+async def _send_413(send: Send, limit: int, request_id: str) -> None:
+    body = json.dumps({**PROBLEM_413, "detail": f"request body exceeds {limit} bytes"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ObservabilityMiddleware:
+    """Request id, body-size limit, metrics and the access log, as one pure ASGI layer."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_id = _header(scope, b"x-request-id")
+        request_id = raw_id.decode("latin-1")[:128] if raw_id else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        start = time.perf_counter()
+        status = 500
+        started = False
+        try:
+            length = _header(scope, b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                status = 413
+                await _send_413(send, self.max_body_bytes, request_id)
+                return
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body_bytes:
+                        raise BodyTooLarge()
+                return message
+
+            async def tagged_send(message: Message) -> None:
+                nonlocal status, started
+                if message["type"] == "http.response.start":
+                    started = True
+                    status = int(message["status"])
+                    headers = list(message.get("headers", []))
+                    headers.append((b"x-request-id", request_id.encode("latin-1")))
+                    message["headers"] = headers
+                await send(message)
+
+            try:
+                await self.app(scope, limited_receive, tagged_send)
+            except BodyTooLarge:
+                if started:
+                    raise
+                status = 413
+                await _send_413(send, self.max_body_bytes, request_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - start)
+            request_id_var.reset(token)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = _route_template(scope)
+        method = str(scope.get("method", "-"))
+        self.metrics.requests.labels(method, route, str(status)).inc()
+        self.metrics.latency.labels(method, route).observe(seconds)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s %d %.1fms",
+                method,
+                scope.get("path", ""),
+                status,
+                seconds * 1000,
+                extra={
+                    "method": method,
+                    "path": scope.get("path", ""),
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                },
+            )

@@ -1,0 +1,16 @@
+"""Named statements over the ``model_versions`` table used by the serving path."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import ModelVersion
+
+
+def active_pointer(session: Session) -> tuple[int, str] | None:
+    """``(id, path)`` of the active version, or None: the cheap query each process polls."""
+    row = session.execute(
+        select(ModelVersion.id, ModelVersion.path).where(ModelVersion.is_active)
+    ).one_or_none()
+    return None if row is None else (int(row[0]), str(row[1]))

@@ -1,0 +1,61 @@
+"""Rating use cases: list, set and delete a user's ratings.
+
+The next recommendation for the user reads the ratings again (one indexed query), so a write
+here changes that answer at once, with no retraining.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Rating, utcnow
+from app.repositories import movies as movies_repo
+from app.repositories import ratings as ratings_repo
+from app.repositories import users as users_repo
+from app.services.errors import InvalidInputError, NotFoundError
+
+RATING_MIN, RATING_MAX, RATING_STEP = 0.5, 5.0, 0.5
+
+
+def check_rating(value: float, field: str = "rating") -> float:
+    """A rating in 0.5–5 in steps of 0.5, or an error naming the field."""
+    if not (RATING_MIN <= value <= RATING_MAX) or (value / RATING_STEP) % 1 != 0:
+        raise InvalidInputError(
+            f"{field} must be between 0.5 and 5 in steps of 0.5, got {value}", field=field
+        )
+    return float(value)
+
+
+def list_ratings(
+    session: Session, user_id: int, *, limit: int, offset: int
+) -> tuple[list[Rating], int]:
+    if not users_repo.exists(session, user_id):
+        raise NotFoundError(f"user {user_id} does not exist", user_id=user_id)
+    return ratings_repo.page_for_user(session, user_id, limit=limit, offset=offset)
+
+
+def set_rating(session: Session, user_id: int, movie_id: int, value: float) -> tuple[Rating, bool]:
+    """Create or replace one rating (creating the user if new); ``(rating, created)``."""
+    check_rating(value)
+    if movies_repo.get(session, movie_id) is None:
+        raise NotFoundError(f"movie {movie_id} does not exist", movie_id=movie_id)
+    users_repo.get_or_create(session, user_id)
+    rating = ratings_repo.get(session, user_id, movie_id)
+    created = rating is None
+    if rating is None:
+        rating = Rating(user_id=user_id, movie_id=movie_id, rating=value, rated_at=utcnow())
+        session.add(rating)
+    else:
+        rating.rating = value
+        rating.rated_at = utcnow()
+    session.flush()
+    return rating, created
+
+
+def delete_rating(session: Session, user_id: int, movie_id: int) -> None:
+    if ratings_repo.delete_one(session, user_id, movie_id) == 0:
+        raise NotFoundError(
+            f"user {user_id} has no rating for movie {movie_id}",
+            user_id=user_id,
+            movie_id=movie_id,
+        )

@@ -1,0 +1,171 @@
+"""Recommendation use cases: for a stored user, for a visitor, and predicted ratings.
+
+Each call costs one indexed query for the user's ratings (none for a visitor) and one forward
+pass over the model held in memory; nothing depends on the number of users.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.repositories import ratings as ratings_repo
+from app.repositories import users as users_repo
+from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
+from app.serving import ServingState
+
+NO_MODEL_DETAIL = (
+    "no model is loaded yet: train one with `movierec train` "
+    "(or POST /v1/admin/retrain), then retry"
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a recommendation list may contain."""
+
+    genres: tuple[str, ...] = ()
+    year_min: int | None = None
+    year_max: int | None = None
+    exclude: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Item:
+    movie_id: int
+    title: str
+    year: int | None
+    genres: list[str]
+    score: float
+    predicted_rating: float | None
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    model_version: int
+    source: str  # "model" or "popular"
+    items: list[Item] = field(default_factory=list)
+
+
+def require_state(state: ServingState | None) -> ServingState:
+    """The loaded model, or the 503-style error that says how to get one."""
+    if state is None:
+        raise ModelUnavailableError(NO_MODEL_DETAIL)
+    return state
+
+
+def _allowed(state: ServingState, filters: Filters) -> np.ndarray:
+    """(I,) bool mask of the model columns the list may contain (filters and exclusions)."""
+    allowed = state.allowed_columns(filters.genres, filters.year_min, filters.year_max)
+    if filters.exclude:
+        excluded = np.isin(np.asarray(state.recommender.movie_ids), np.asarray(filters.exclude))
+        allowed = allowed & ~excluded
+    return allowed
+
+
+def _items(state: ServingState, scored: Sequence) -> list[Item]:  # type: ignore[type-arg]
+    catalogue = state.catalogue
+    out: list[Item] = []
+    for s in scored:
+        row = catalogue.row_of.get(int(s.movie_id))
+        if row is None:  # a model column no longer in the catalogue: never shown
+            continue
+        predicted = getattr(s, "predicted_rating", None)
+        if predicted is not None and math.isnan(predicted):  # e.g. similar movies: no rating
+            predicted = None
+        out.append(
+            Item(
+                movie_id=int(s.movie_id),
+                title=catalogue.titles[row],
+                year=catalogue.year_of(row),
+                genres=catalogue.genres[row],
+                score=float(s.score),
+                predicted_rating=None if predicted is None else float(predicted),
+            )
+        )
+    return out
+
+
+def recommend_from_ratings(
+    state: ServingState, ratings: Mapping[int, float], n: int, offset: int, filters: Filters
+) -> Recommendations:
+    """Top ``n`` after ``offset`` for a rating row; popular films when the row is empty.
+
+    Rated movies are never returned (the recommender masks them; they are also excluded here).
+    """
+    allowed = _allowed(state, filters)
+    if not ratings:
+        scored = list(state.recommender.popular(n + offset, allowed=allowed))[offset:]
+        return Recommendations(state.version_id, "popular", _items(state, scored))
+    scored = state.recommender.recommend(
+        ratings, n=n, offset=offset, exclude=tuple(ratings), allowed=allowed
+    )
+    return Recommendations(state.version_id, "model", _items(state, scored))
+
+
+def recommend_for_user(
+    session: Session,
+    state: ServingState | None,
+    user_id: int,
+    n: int,
+    offset: int,
+    filters: Filters,
+) -> Recommendations:
+    """Recommendations for a stored user (404 when the user does not exist)."""
+    ratings = ratings_repo.for_user(session, user_id)
+    if not ratings and not users_repo.exists(session, user_id):
+        raise NotFoundError(f"user {user_id} does not exist", user_id=user_id)
+    return recommend_from_ratings(require_state(state), ratings, n, offset, filters)
+
+
+def recommend_for_visitor(
+    state: ServingState | None,
+    ratings: Sequence[tuple[int, float]],
+    n: int,
+    offset: int,
+    filters: Filters,
+) -> Recommendations:
+    """Fold a visitor's ratings into the model without storing anything."""
+    live = require_state(state)
+    unknown = live.catalogue.unknown(m for m, _ in ratings)
+    if unknown:
+        raise InvalidInputError(
+            f"ratings name movies that are not in the catalogue: {unknown}", movie_ids=unknown
+        )
+    return recommend_from_ratings(live, dict(ratings), n, offset, filters)
+
+
+def predict_for_user(
+    session: Session, state: ServingState | None, user_id: int, movie_ids: Sequence[int]
+) -> tuple[int, dict[int, float | None]]:
+    """Predicted ratings of ``movie_ids`` for a stored user: ``(model version, {id: rating})``."""
+    ratings = ratings_repo.for_user(session, user_id)
+    if not ratings and not users_repo.exists(session, user_id):
+        raise NotFoundError(f"user {user_id} does not exist", user_id=user_id)
+    live = require_state(state)
+    unknown = live.catalogue.unknown(movie_ids)
+    if unknown:
+        raise InvalidInputError(
+            f"movie_ids names movies that are not in the catalogue: {unknown}", movie_ids=unknown
+        )
+    predicted = live.recommender.predict(ratings, list(movie_ids))
+    return live.version_id, {
+        m: (None if predicted.get(m) is None else float(predicted[m]))  # type: ignore[arg-type]
+        for m in movie_ids
+    }
+
+
+def similar_movies(state: ServingState | None, movie_id: int, n: int) -> Recommendations:
+    """Movies closest to ``movie_id`` in the model's learned item representations."""
+    live = require_state(state)
+    if movie_id not in live.catalogue.row_of:
+        raise NotFoundError(f"movie {movie_id} does not exist", movie_id=movie_id)
+    in_model = bool(np.any(np.asarray(live.recommender.movie_ids) == movie_id))
+    if not in_model:
+        return Recommendations(live.version_id, "model", [])
+    scored = live.recommender.similar(movie_id, n)
+    return Recommendations(live.version_id, "model", _items(state=live, scored=scored))

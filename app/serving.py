@@ -1,0 +1,221 @@
+"""The hot-swappable model of one API process.
+
+``ModelHolder.state`` is one immutable ``ServingState`` (recommender + catalogue + the column
+maps between them). A background task polls the active version and the movies table; a new
+version is loaded completely in a thread, off the event loop, then the reference is replaced in
+one assignment. Requests in flight keep the object they started with, so a swap never mixes two
+models in one answer. A version that fails to load is marked failed in the registry, the
+previous version stays active and serving, and the failure is reported by ``/readyz`` and the
+metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
+
+from app.observability import Metrics
+from app.repositories import model_versions as versions_repo
+from app.repositories import movies as movies_repo
+from app.services import registry
+from app.services.catalogue import Catalogue
+
+log = logging.getLogger("movierec.serving")
+
+
+class Scored(Protocol):
+    movie_id: int
+    score: float
+    predicted_rating: float
+
+
+class RecommenderLike(Protocol):
+    """The part of ``ml.inference.Recommender`` the service uses."""
+
+    movie_ids: np.ndarray
+    version_name: str
+
+    def recommend(
+        self,
+        ratings: Mapping[int, float],
+        n: int,
+        offset: int = 0,
+        exclude: Iterable[int] = (),
+        allowed: np.ndarray | None = None,
+    ) -> Sequence[Scored]: ...
+
+    def predict(
+        self, ratings: Mapping[int, float], movie_ids: Sequence[int]
+    ) -> Mapping[int, float | None]: ...
+
+    def similar(self, movie_id: int, n: int) -> Sequence[Scored]: ...
+
+    def popular(self, n: int, allowed: np.ndarray | None = None) -> Sequence[Scored]: ...
+
+
+Loader = Callable[[str, str], RecommenderLike]
+
+
+def load_checkpoint(path: str, device: str) -> RecommenderLike:
+    """Load and verify a checkpoint with ``ml.inference`` (imported here: torch loads lazily)."""
+    from ml.inference import Recommender
+
+    return Recommender.from_checkpoint(path, device=device)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """Everything one recommendation needs, swapped as a whole."""
+
+    version_id: int
+    recommender: RecommenderLike
+    catalogue: Catalogue
+    column_rows: np.ndarray  # (I,) catalogue row of each model column, -1 when not catalogued
+    in_catalogue: np.ndarray  # (I,) bool
+
+    @classmethod
+    def build(cls, version_id: int, recommender: RecommenderLike, catalogue: Catalogue):  # type: ignore[no-untyped-def]
+        columns = np.asarray(recommender.movie_ids, dtype=np.int64)
+        rows = np.searchsorted(catalogue.ids, columns)
+        rows = np.clip(rows, 0, max(len(catalogue.ids) - 1, 0))
+        found = (
+            catalogue.ids[rows] == columns if len(catalogue.ids) else np.zeros(len(columns), bool)
+        )
+        return cls(
+            version_id=version_id,
+            recommender=recommender,
+            catalogue=catalogue,
+            column_rows=np.where(found, rows, -1),
+            in_catalogue=found,
+        )
+
+    def allowed_columns(
+        self,
+        genres: Sequence[str],
+        year_min: int | None,
+        year_max: int | None,
+    ) -> np.ndarray:
+        """(I,) bool over the model's columns: catalogued movies that pass the filters."""
+        mask = self.catalogue.filter_mask(genres, year_min, year_max)
+        if mask is None:
+            return self.in_catalogue
+        return self.in_catalogue & mask[np.maximum(self.column_rows, 0)]
+
+
+@dataclass
+class LoadReport:
+    """The last load failure of this process, for ``/readyz`` and the logs."""
+
+    version_id: int
+    error: str
+
+
+class ModelHolder:
+    """Holds the current ``ServingState`` of this process and keeps it up to date."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        device: str,
+        metrics: Metrics,
+        loader: Loader = load_checkpoint,
+    ) -> None:
+        self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self.device = device
+        self.metrics = metrics
+        self.loader = loader
+        self.state: ServingState | None = None
+        self.catalogue: Catalogue | None = None
+        self.last_failure: LoadReport | None = None
+        self._lock = asyncio.Lock()
+
+    # -- the one blocking refresh, run in a thread -------------------------------------------
+    def refresh(self) -> None:
+        """Bring catalogue and model up to date with the store (blocking: call it in a thread).
+
+        Raises database errors to the caller; model load errors are handled here.
+        """
+        with self._sessions() as session:
+            pointer = versions_repo.active_pointer(session)
+            signature = movies_repo.signature(session)
+        current = self.state
+        catalogue = self.catalogue
+        if catalogue is None or catalogue.signature != signature:
+            with self._sessions() as session:
+                catalogue = Catalogue.load(session)
+            self.catalogue = catalogue
+            log.info("catalogue loaded: %d movies", len(catalogue))
+            if current is not None and pointer is not None and pointer[0] == current.version_id:
+                self.state = ServingState.build(current.version_id, current.recommender, catalogue)
+        if pointer is None or (current is not None and pointer[0] == current.version_id):
+            return
+        version_id, path = pointer
+        if self.last_failure is not None and self.last_failure.version_id == version_id:
+            return
+        self._swap_in(version_id, path)
+
+    def _swap_in(self, version_id: int, path: str) -> None:
+        try:
+            recommender = self.loader(path, self.device)
+        except Exception as exc:
+            self._report_failure(version_id, exc)
+            return
+        with self._sessions() as session:
+            catalogue = Catalogue.load(session)
+        self.catalogue = catalogue
+        self.state = ServingState.build(version_id, recommender, catalogue)
+        self.last_failure = None
+        self.metrics.model_version.set(version_id)
+        self.metrics.model_loaded.set(1)
+        self.metrics.model_swaps.inc()
+        log.info(
+            "model version %d is serving (%s)", version_id, path, extra={"version": version_id}
+        )
+
+    def _report_failure(self, version_id: int, exc: Exception) -> None:
+        """Log, count and record a failed load; mark the version failed, keep the old one."""
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("model version %d failed to load: %s", version_id, reason)
+        self.last_failure = LoadReport(version_id, reason)
+        self.metrics.model_load_failures.inc()
+        previous = self.state.version_id if self.state is not None else None
+        with self._sessions() as session, session.begin():
+            registry.mark_failed(session, version_id, f"failed to load: {reason}"[:2000])
+            if previous is not None:
+                registry.activate(session, previous)
+
+    # -- the async side ------------------------------------------------------------------------
+    async def refresh_async(self) -> None:
+        """Run one refresh in a thread; overlapping calls wait for the one in progress."""
+        async with self._lock:
+            await asyncio.to_thread(self.refresh)
+
+    async def watch(self, interval: float) -> None:
+        """Poll forever; database errors are logged and retried at the next tick."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh_async()
+            except Exception as exc:
+                log.warning("model watch failed: %s", exc)
+
+    def readiness(self) -> dict[str, Any]:
+        """What ``/readyz`` says about the model."""
+        report: dict[str, Any] = {
+            "loaded": self.state is not None,
+            "version": self.state.version_id if self.state is not None else None,
+        }
+        if self.last_failure is not None:
+            report["last_failure"] = {
+                "version": self.last_failure.version_id,
+                "error": self.last_failure.error,
+            }
+        return report

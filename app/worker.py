@@ -1,0 +1,254 @@
+"""The training worker: claims queued jobs, trains, registers and (if the gate allows) activates.
+
+Runs in its own process (``movierec worker``), never in the web process. One job at a time per
+worker; any number of workers may share a store, since a job is claimed atomically
+(``app.repositories.jobs.claim_next``). A heartbeat thread refreshes ``heartbeat_at`` every
+``settings.heartbeat_seconds`` while training runs (an epoch may be long); a job whose worker
+died stops beating and is marked failed after ``settings.heartbeat_timeout_seconds`` by any
+worker's poll or by the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings, get_settings
+from app.db.models import JobStatus, TrainingJob, utcnow
+from app.db.session import make_engine
+from app.observability import configure_logging
+from app.repositories import jobs as jobs_repo
+from app.services import jobs as jobs_service
+from app.services import registry
+
+log = logging.getLogger("movierec.worker")
+
+
+class JobInterrupted(Exception):
+    """The job must stop: the worker is shutting down or the job is no longer ours."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended, written to its row."""
+
+    status: JobStatus
+    values: dict[str, Any]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def progress_from_epoch(record: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The job's ``progress`` JSON from one epoch record of ``ml.train.fit``."""
+    val = {k.removeprefix("val_"): v for k, v in record.items() if k.startswith("val_")}
+    return {
+        "epoch": int(record.get("epoch", 0)),
+        "epochs": epochs,
+        "loss": record.get("train_loss", record.get("loss")),
+        "val": val,
+        "best_epoch": record.get("best_epoch"),
+        "seconds": record.get("seconds"),
+    }
+
+
+class Heartbeat:
+    """A thread that beats a running job's heartbeat until stopped."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], job_id: int, worker_id: str, every: float
+    ) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.every = every
+        self.lost = threading.Event()  # set when the job stopped being ours (e.g. reaped)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                with self.sessions() as session, session.begin():
+                    ours = jobs_repo.beat(session, self.job_id, self.worker_id, utcnow())
+                if not ours:
+                    self.lost.set()
+                    return
+            except Exception as exc:  # a database hiccup: try again at the next beat
+                log.warning("heartbeat of job %d failed: %s", self.job_id, exc)
+
+
+class Worker:
+    """Polls for queued jobs and runs them, one at a time."""
+
+    def __init__(self, settings: Settings, *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or default_worker_id()
+        self.engine = make_engine(settings.database_url)
+        self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self.stopping = threading.Event()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, *, once: bool = False) -> int:
+        """Run jobs until stopped (or, with ``once``, until the queue is empty); jobs run."""
+        done = 0
+        log.info("worker %s started", self.worker_id)
+        while not self.stopping.is_set():
+            try:
+                self.fail_stale()
+                job_id = self.claim()
+            except Exception as exc:  # the database may be down: wait and retry
+                log.warning("worker poll failed: %s", exc)
+                job_id = None
+            if job_id is not None:
+                self.run_job(job_id)
+                done += 1
+                continue
+            if once:
+                break
+            self.stopping.wait(self.settings.worker_poll_seconds)
+        log.info("worker %s stopped after %d job(s)", self.worker_id, done)
+        return done
+
+    def fail_stale(self) -> None:
+        with self.sessions() as session, session.begin():
+            failed = jobs_service.fail_stale_jobs(session, self.settings.heartbeat_timeout_seconds)
+        for job_id in failed:
+            log.warning("job %d lost its worker and was marked failed", job_id)
+
+    def claim(self) -> int | None:
+        with self.sessions() as session, session.begin():
+            return jobs_repo.claim_next(session, self.worker_id, utcnow())
+
+    # -- one job -------------------------------------------------------------------------------
+    def run_job(self, job_id: int) -> Outcome:
+        """Train for a claimed job, then register and gate the new version; never raises."""
+        log.info("job %d claimed", job_id, extra={"job_id": job_id})
+        with Heartbeat(
+            self.sessions, job_id, self.worker_id, self.settings.heartbeat_seconds
+        ) as heartbeat:
+            try:
+                outcome = self._train_and_register(job_id, heartbeat)
+            except JobInterrupted as exc:
+                outcome = Outcome(JobStatus.failed, {"error": f"interrupted: {exc}"})
+            except Exception as exc:
+                log.error("job %d failed:\n%s", job_id, traceback.format_exc())
+                outcome = Outcome(JobStatus.failed, {"error": f"{type(exc).__name__}: {exc}"})
+        with self.sessions() as session, session.begin():
+            ours = jobs_repo.finish(
+                session,
+                job_id,
+                self.worker_id,
+                outcome.status,
+                finished_at=utcnow(),
+                **outcome.values,
+            )
+        if not ours:
+            log.warning("job %d was no longer ours when it ended", job_id)
+        log.info("job %d %s", job_id, outcome.status.value, extra={"job_id": job_id})
+        return outcome
+
+    def _train_and_register(self, job_id: int, heartbeat: Heartbeat) -> Outcome:
+        from ml.train import preset, train_from_store, with_overrides
+
+        with self.sessions() as session:
+            job = session.get(TrainingJob, job_id)
+            params: dict[str, Any] = dict(job.params or {}) if job is not None else {}
+        overrides: dict[str, Any] = {"device": self.settings.device}
+        if params.get("epochs") is not None:
+            overrides["epochs"] = int(params["epochs"])
+        config = with_overrides(preset(str(params.get("preset") or "default")), overrides)
+        on_epoch = self._progress_writer(job_id, config.epochs, heartbeat)
+        on_epoch({"epoch": 0})
+        result = train_from_store(
+            self.settings.database_url, self.settings.model_dir, config, on_epoch=on_epoch
+        )
+        if result is None:  # pragma: no cover - only DDP ranks > 0 return None
+            raise RuntimeError("training wrote no checkpoint")
+        return self._register(result)
+
+    def _progress_writer(
+        self, job_id: int, epochs: int, heartbeat: Heartbeat
+    ) -> Callable[[dict[str, Any]], None]:
+        def on_epoch(record: dict[str, Any]) -> None:
+            if self.stopping.is_set():
+                raise JobInterrupted("the worker was asked to stop")
+            if heartbeat.lost.is_set():
+                raise JobInterrupted("the job was marked failed while it ran")
+            progress = progress_from_epoch(record, epochs)
+            with self.sessions() as session, session.begin():
+                if not jobs_repo.record_progress(
+                    session, job_id, self.worker_id, progress, utcnow()
+                ):
+                    raise JobInterrupted("the job was marked failed while it ran")
+
+        return on_epoch
+
+    def _register(self, result: Any) -> Outcome:
+        """Register the checkpoint; activate it when the gate allows, else say why not."""
+        with self.sessions() as session, session.begin():
+            version = registry.register_version(
+                session,
+                path=str(result.path),
+                sha256=result.sha256,
+                manifest=result.manifest,
+                metrics=result.metrics,
+            )
+            active = registry.active_version(session)
+            gate = registry.activation_gate(
+                result.metrics,
+                active.metrics if active is not None else None,
+                self.settings.activation_tolerance,
+            )
+            if gate.activate:
+                registry.activate(session, version.id)
+                message = f"model version {version.id} activated: {gate.reason}"
+            else:
+                message = f"model version {version.id} registered but not activated: {gate.reason}"
+            version_id = version.id
+        log.info(message)
+        return Outcome(JobStatus.succeeded, {"model_version_id": version_id, "message": message})
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    """SIGTERM/SIGINT: stop after the current epoch (the job is marked failed, not left running)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def main(*, once: bool = False) -> int:
+    """Entry point of ``movierec worker`` (and ``python -m app.worker``)."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    settings.ensure_dirs()
+    worker = Worker(settings)
+    install_signal_handlers(worker)
+    worker.run(once=once)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
