@@ -1,0 +1,295 @@
+"""Writers of validated movies and ratings into the store, all in one transaction.
+
+PostgreSQL: ratings are streamed with ``COPY ... FROM STDIN (FORMAT BINARY)`` into a temporary
+staging table (the binary rows are built by numpy, no Python object per rating) and merged at the
+end with one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``. SQLite: large ``executemany``
+batches of upserts. Either way the whole import is one transaction: an error anywhere rolls it
+back and leaves the store exactly as it was.
+
+Merge rules, the same on both backends: a rating replaces the stored one for the same user and
+movie when it is newer (``rated_at``), or equally new with a different value; within one input
+the newest wins, and among equally new ones the last line. A user's ``created_at`` is their
+earliest known rating time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from app.db.session import make_engine
+
+PG_EPOCH_OFFSET = 946_684_800  # seconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch
+_PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_PG_TRAILER = b"\xff\xff"
+# One staged rating in PostgreSQL's binary COPY format: a field count, then (length, value).
+_PG_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("user_len", ">i4"),
+        ("user_id", ">i4"),
+        ("movie_len", ">i4"),
+        ("movie_id", ">i4"),
+        ("rating_len", ">i4"),
+        ("rating", ">f8"),
+        ("time_len", ">i4"),
+        ("rated_at", ">i8"),  # microseconds since 2000-01-01 UTC
+        ("line_len", ">i4"),
+        ("line", ">i8"),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What an import changed in the store."""
+
+    movies_added: int
+    movies_updated: int
+    users_added: int
+    ratings_added: int
+    ratings_updated: int
+
+
+class StoreWriter(ABC):
+    """Receives movies then rating chunks inside one open transaction; ``finish`` merges."""
+
+    @abstractmethod
+    def movie_ids(self) -> np.ndarray:
+        """Ids of the movies already in the store."""
+
+    @abstractmethod
+    def write_movies(self, movies: pd.DataFrame) -> None:
+        """Upsert movies (columns movie_id, title, year, genres)."""
+
+    @abstractmethod
+    def write_ratings(self, chunk: pd.DataFrame) -> None:
+        """Add a chunk of ratings (user_id, movie_id, rating, timestamp, line)."""
+
+    @abstractmethod
+    def finish(self) -> WriteResult:
+        """Complete the merge and count what changed (the caller commits)."""
+
+
+def _movie_rows(movies: pd.DataFrame) -> list[tuple[Any, ...]]:
+    years = [None if pd.isna(y) else int(y) for y in movies["year"]]
+    return list(
+        zip(
+            movies["movie_id"].tolist(),
+            movies["title"].tolist(),
+            years,
+            movies["genres"].tolist(),
+            strict=True,
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SQLite
+# --------------------------------------------------------------------------------------------
+
+_SQLITE_MOVIES = """
+INSERT INTO movies (id, title, year, genres) VALUES (?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET title = excluded.title, year = excluded.year,
+    genres = excluded.genres
+WHERE movies.title IS NOT excluded.title OR movies.year IS NOT excluded.year
+   OR movies.genres IS NOT excluded.genres
+"""
+_SQLITE_USERS = """
+INSERT INTO users (id, created_at) VALUES (?, datetime(?, 'unixepoch'))
+ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at
+WHERE excluded.created_at < users.created_at
+"""
+_SQLITE_RATINGS = """
+INSERT INTO ratings (user_id, movie_id, rating, rated_at) VALUES (?, ?, ?, datetime(?, 'unixepoch'))
+ON CONFLICT (user_id, movie_id) DO UPDATE SET rating = excluded.rating, rated_at = excluded.rated_at
+WHERE excluded.rated_at > ratings.rated_at
+   OR (excluded.rated_at = ratings.rated_at AND excluded.rating <> ratings.rating)
+"""
+
+
+def _count(cursor: Any, table: str) -> int:
+    cursor.execute(f"SELECT count(*) FROM {table}")
+    return int(cursor.fetchone()[0])
+
+
+class SqliteWriter(StoreWriter):
+    """Upserts in large ``executemany`` batches; SQLite converts Unix times to
+    ``YYYY-MM-DD HH:MM:SS`` (UTC), the form SQLAlchemy reads back."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.cursor = conn.cursor()
+        self.cursor.execute("BEGIN")
+        self.before = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
+        self.movies_changed = 0
+        self.ratings_changed = 0
+
+    def movie_ids(self) -> np.ndarray:
+        self.cursor.execute("SELECT id FROM movies")
+        return np.array([row[0] for row in self.cursor.fetchall()], dtype=np.int64)
+
+    def write_movies(self, movies: pd.DataFrame) -> None:
+        start = self.conn.total_changes
+        self.cursor.executemany(_SQLITE_MOVIES, _movie_rows(movies))
+        self.movies_changed += self.conn.total_changes - start
+
+    def write_ratings(self, chunk: pd.DataFrame) -> None:
+        first = chunk.groupby("user_id", sort=False)["timestamp"].min()
+        self.cursor.executemany(
+            _SQLITE_USERS, zip(first.index.tolist(), first.tolist(), strict=True)
+        )
+        start = self.conn.total_changes
+        self.cursor.executemany(
+            _SQLITE_RATINGS,
+            zip(
+                chunk["user_id"].tolist(),
+                chunk["movie_id"].tolist(),
+                chunk["rating"].tolist(),
+                chunk["timestamp"].tolist(),
+                strict=True,
+            ),
+        )
+        self.ratings_changed += self.conn.total_changes - start
+
+    def finish(self) -> WriteResult:
+        after = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
+        return _result(self.before, after, self.movies_changed, self.ratings_changed)
+
+
+def _result(
+    before: dict[str, int], after: dict[str, int], movies_changed: int, ratings_changed: int
+) -> WriteResult:
+    """Split changed rows into added (the growth of the table) and updated (the rest)."""
+    movies_added = after["movies"] - before["movies"]
+    ratings_added = after["ratings"] - before["ratings"]
+    return WriteResult(
+        movies_added=movies_added,
+        movies_updated=movies_changed - movies_added,
+        users_added=after["users"] - before["users"],
+        ratings_added=ratings_added,
+        ratings_updated=ratings_changed - ratings_added,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------------
+
+_PG_STAGE = """
+CREATE TEMP TABLE movierec_stage_ratings (
+    user_id integer, movie_id integer, rating double precision, rated_at timestamptz, line bigint
+) ON COMMIT DROP
+"""
+_PG_STAGE_MOVIES = """
+CREATE TEMP TABLE movierec_stage_movies (id integer, title text, year integer, genres text)
+ON COMMIT DROP
+"""
+_PG_MOVIES = """
+INSERT INTO movies (id, title, year, genres)
+SELECT id, title, year, genres FROM movierec_stage_movies
+ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, year = EXCLUDED.year,
+    genres = EXCLUDED.genres
+WHERE (movies.title, movies.year, movies.genres)
+    IS DISTINCT FROM (EXCLUDED.title, EXCLUDED.year, EXCLUDED.genres)
+"""
+_PG_USERS = """
+INSERT INTO users (id, created_at)
+SELECT user_id, min(rated_at) FROM movierec_stage_ratings GROUP BY user_id
+ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at
+WHERE EXCLUDED.created_at < users.created_at
+"""
+# DISTINCT ON keeps one row per pair: the newest, and among equally new the last line.
+_PG_RATINGS = """
+INSERT INTO ratings (user_id, movie_id, rating, rated_at)
+SELECT DISTINCT ON (user_id, movie_id) user_id, movie_id, rating, rated_at
+FROM movierec_stage_ratings
+ORDER BY user_id, movie_id, rated_at DESC, line DESC
+ON CONFLICT (user_id, movie_id) DO UPDATE SET rating = EXCLUDED.rating,
+    rated_at = EXCLUDED.rated_at
+WHERE EXCLUDED.rated_at > ratings.rated_at
+   OR (EXCLUDED.rated_at = ratings.rated_at AND EXCLUDED.rating <> ratings.rating)
+"""
+
+
+def encode_copy_binary(chunk: pd.DataFrame) -> bytes:
+    """A chunk of ratings as one PostgreSQL binary COPY payload, built without a Python loop."""
+    rows = np.empty(len(chunk), dtype=_PG_ROW)
+    rows["fields"] = 5
+    rows["user_len"] = rows["movie_len"] = 4
+    rows["rating_len"] = rows["time_len"] = rows["line_len"] = 8
+    rows["user_id"] = chunk["user_id"].to_numpy()
+    rows["movie_id"] = chunk["movie_id"].to_numpy()
+    rows["rating"] = chunk["rating"].to_numpy()
+    rows["rated_at"] = (chunk["timestamp"].to_numpy(np.int64) - PG_EPOCH_OFFSET) * 1_000_000
+    rows["line"] = chunk["line"].to_numpy()
+    return _PG_SIGNATURE + rows.tobytes() + _PG_TRAILER
+
+
+class PostgresWriter(StoreWriter):
+    """Ratings go through ``COPY`` into a temporary table, then one set-based merge."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.cursor = conn.cursor()
+        self.before = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
+        self.cursor.execute("SET LOCAL work_mem = '256MB'")  # the DISTINCT ON sort stays in memory
+        self.cursor.execute(_PG_STAGE)
+        self.movies_changed = 0
+
+    def movie_ids(self) -> np.ndarray:
+        self.cursor.execute("SELECT id FROM movies")
+        return np.array([row[0] for row in self.cursor.fetchall()], dtype=np.int64)
+
+    def write_movies(self, movies: pd.DataFrame) -> None:
+        self.cursor.execute(_PG_STAGE_MOVIES)
+        with self.cursor.copy("COPY movierec_stage_movies FROM STDIN") as copy:
+            for row in _movie_rows(movies):
+                copy.write_row(row)
+        self.cursor.execute(_PG_MOVIES)
+        self.movies_changed += self.cursor.rowcount
+        self.cursor.execute("DROP TABLE movierec_stage_movies")
+
+    def write_ratings(self, chunk: pd.DataFrame) -> None:
+        with self.cursor.copy("COPY movierec_stage_ratings FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(encode_copy_binary(chunk))
+
+    def finish(self) -> WriteResult:
+        self.cursor.execute("ANALYZE movierec_stage_ratings")
+        self.cursor.execute(_PG_USERS)
+        self.cursor.execute(_PG_RATINGS)
+        ratings_changed = self.cursor.rowcount
+        after = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
+        return _result(self.before, after, self.movies_changed, ratings_changed)
+
+
+@contextmanager
+def open_writer(database_url: str) -> Iterator[StoreWriter]:
+    """A writer on a raw DBAPI connection whose single transaction commits when the block
+    succeeds and rolls back on any error."""
+    engine = make_engine(database_url)
+    raw = engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        writer: StoreWriter
+        if engine.dialect.name == "postgresql":
+            writer = PostgresWriter(driver)
+        elif engine.dialect.name == "sqlite":
+            writer = SqliteWriter(driver)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"unsupported database {engine.dialect.name!r}")
+        yield writer
+        raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
+    finally:
+        raw.close()
+        engine.dispose()
