@@ -1,0 +1,397 @@
+"""Serving a checkpoint: recommendations, predicted ratings, similar and popular movies.
+
+A :class:`Recommender` is loaded once from a verified checkpoint and never changes afterwards, so
+one object can serve many threads. Users are given by their ratings (``{movie_id: rating}`` or
+``[(movie_id, rating), ...]``), not by id: a new rating changes the next answer at once and a
+visitor is folded in without retraining.
+
+Hot path: the user's row goes to the model as a packed sparse batch (only the rated movies'
+columns of the first layer are read, ``Autoencoder.forward_sparse``), under
+``torch.inference_mode()``, with weights kept contiguous on the serving device; no dense (I,)
+input row is built per request. Movie ids are mapped to columns with a binary search over the
+sorted vocabulary stored in the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ml.checkpoint import RATING_SCALE, CheckpointError, load
+from ml.model import Autoencoder
+
+UserRatings = Mapping[int, float] | Sequence[tuple[int, float]]
+USER_BIAS_REG = 10.0  # shrinkage of a user's offset in the bias fallback (pseudo-ratings)
+BATCH = 256  # users per forward pass in recommend_many
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One recommended movie: its id, ranking score and predicted rating."""
+
+    movie_id: int
+    score: float
+    predicted_rating: float
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A predicted rating and what produced it: ``model``, ``bias`` or ``global_mean``."""
+
+    value: float
+    source: str
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+class Recommender:
+    """A loaded, immutable model with the movie vocabulary of its checkpoint."""
+
+    def __init__(
+        self, model: Autoencoder, manifest: dict[str, Any], path: Path, device: torch.device
+    ) -> None:
+        self.model = model.eval().to(device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.manifest = manifest
+        self.path = path
+        self.version_name = path.name
+        self.device = device
+        self.movie_ids = _readonly(np.asarray(manifest["movie_ids"], dtype=np.int64))
+        if len(self.movie_ids) != model.n_items:
+            raise CheckpointError(
+                f"{path}: manifest lists {len(self.movie_ids)} movies, the model has "
+                f"{model.n_items} columns"
+            )
+        order = np.argsort(self.movie_ids, kind="stable")
+        self._sorted_ids = _readonly(self.movie_ids[order])
+        self._sorted_cols = _readonly(order.astype(np.int64))
+        scale = manifest.get("rating_scale", RATING_SCALE)
+        self.rating_min, self.rating_max = float(scale["min"]), float(scale["max"])
+        self._popularity = _readonly(
+            np.asarray(manifest.get("popularity", np.zeros(len(self.movie_ids))), dtype=np.int64)
+        )
+        self._popular_order = _readonly(np.argsort(-self._popularity, kind="stable"))
+        emb = model.item_embeddings().detach().float()  # (I, d)
+        self._unit_items = torch.nn.functional.normalize(emb, dim=1).contiguous().to(device)
+        self.global_mean, self._item_bias = self._bias_terms(model, manifest)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, device: str | torch.device = "cpu") -> Recommender:
+        """Load and verify the checkpoint at ``path`` (raises ``CheckpointError``)."""
+        path = Path(path)
+        manifest, state = load(path)
+        try:
+            model = Autoencoder.from_architecture(manifest["architecture"])
+            model.load_state_dict(state)
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: weights do not fit the architecture: {exc}") from exc
+        return cls(model, manifest, path, resolve_device(device))
+
+    @staticmethod
+    def _bias_terms(model: Autoencoder, manifest: dict[str, Any]) -> tuple[float, np.ndarray]:
+        """Global mean and movie biases for the fallback predictions (model buffers if any)."""
+        state = model.state_dict()
+        norm = manifest.get("normalisation", {})
+        mean = state.get("global_mean")
+        global_mean = float(mean) if mean is not None else float(norm.get("global_mean", 0.0))
+        bias = state.get("item_bias")
+        if bias is None or float(bias.abs().sum()) == 0.0:
+            bias_np = np.asarray(norm.get("item_bias", np.zeros(model.n_items)), dtype=np.float32)
+        else:
+            bias_np = bias.detach().cpu().numpy().astype(np.float32)
+        return global_mean, _readonly(bias_np)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.movie_ids)
+
+    # ------------------------------------------------------------------ vocabulary
+    def columns(self, movie_ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Column of every id, ``-1`` for ids the model does not know (order kept)."""
+        ids = np.asarray(list(movie_ids) if not isinstance(movie_ids, np.ndarray) else movie_ids)
+        ids = ids.astype(np.int64, copy=False).ravel()
+        pos = np.searchsorted(self._sorted_ids, ids)
+        pos_c = np.minimum(pos, len(self._sorted_ids) - 1)
+        known = (pos < len(self._sorted_ids)) & (self._sorted_ids[pos_c] == ids)
+        return np.where(known, self._sorted_cols[pos_c], -1)
+
+    def index_of(self, movie_ids: Iterable[int]) -> tuple[np.ndarray, list[int]]:
+        """Columns of the known ids (in the order given) and the list of unknown ids."""
+        ids = np.asarray(list(movie_ids), dtype=np.int64)
+        cols = self.columns(ids)
+        return cols[cols >= 0], [int(i) for i in ids[cols < 0]]
+
+    def _encode(self, ratings: UserRatings) -> tuple[np.ndarray, np.ndarray]:
+        """Columns and values of a user's known rated movies; unknown movies are ignored."""
+        pairs = ratings.items() if isinstance(ratings, Mapping) else ratings
+        items = list(pairs)
+        if not items:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        try:
+            arr = np.asarray(items, dtype=np.float64).reshape(len(items), 2)
+        except (TypeError, ValueError) as exc:
+            raise ValueError("ratings must be (movie_id, rating) pairs of numbers") from exc
+        values = arr[:, 1]
+        bad = ~np.isfinite(values) | (values < self.rating_min) | (values > self.rating_max)
+        if bad.any():
+            raise ValueError(
+                f"rating {values[bad][0]} is outside the scale "
+                f"[{self.rating_min}, {self.rating_max}]"
+            )
+        cols = self.columns(arr[:, 0].astype(np.int64))
+        keep = cols >= 0
+        cols, values = cols[keep], values[keep]
+        # Each movie once per user (the last rating given wins).
+        _, last = np.unique(cols[::-1], return_index=True)
+        sel = len(cols) - 1 - last
+        return cols[sel], values[sel].astype(np.float32)
+
+    # ------------------------------------------------------------------ scoring
+    def _forward(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
+        """(predicted ratings (B, I), scores (B, I)) for B encoded users in one pass."""
+        lengths = np.fromiter((len(c) for c, _ in rows), dtype=np.int64, count=len(rows))
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        cols = np.concatenate([c for c, _ in rows]) if rows else np.empty(0, np.int64)
+        vals = np.concatenate([v for _, v in rows]) if rows else np.empty(0, np.float32)
+        dev = self.device
+        idx_t = torch.from_numpy(cols).to(dev)
+        val_t = torch.from_numpy(vals).to(dev)
+        off_t = torch.from_numpy(offsets).to(dev)
+        with torch.inference_mode():
+            if hasattr(self.model, "forward_sparse"):
+                pred, scores = self.model.forward_sparse(idx_t, val_t, off_t)
+            else:  # dense fallback for models without a sparse first layer
+                seg = torch.repeat_interleave(
+                    torch.arange(len(rows), device=dev), torch.from_numpy(lengths).to(dev)
+                )
+                dense = torch.zeros(len(rows), self.n_items, device=dev)
+                dense[seg, idx_t] = val_t
+                pred, scores = self.model(dense, dense != 0)
+        return pred.float(), scores.float()
+
+    def score(self, ratings: UserRatings) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted ratings (I,), ranking scores (I,)) of one user over the whole catalogue."""
+        pred, scores = self._forward([self._encode(ratings)])
+        return pred[0].cpu().numpy(), scores[0].cpu().numpy()
+
+    def score_matrix(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of every row of a CSR (users x this model's columns) in one pass."""
+        if matrix.shape[1] != self.n_items:
+            raise ValueError(f"matrix has {matrix.shape[1]} columns, the model {self.n_items}")
+        m = sp.csr_matrix(matrix)
+        rows = [
+            (m.indices[a:b].astype(np.int64), m.data[a:b].astype(np.float32))
+            for a, b in zip(m.indptr[:-1], m.indptr[1:], strict=True)
+        ]
+        pred, scores = self._forward(rows)
+        return pred.cpu().numpy(), scores.cpu().numpy()
+
+    def _blocked(
+        self, rated: np.ndarray, exclude: Iterable[int], allowed: np.ndarray | None
+    ) -> torch.Tensor:
+        """Bool (I,) of the columns that may not be recommended."""
+        blocked = np.zeros(self.n_items, dtype=bool)
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (self.n_items,):
+                raise ValueError(f"allowed must be a bool mask of shape ({self.n_items},)")
+            blocked |= ~allowed
+        blocked[rated] = True
+        ex_cols = self.columns(list(exclude))
+        blocked[ex_cols[ex_cols >= 0]] = True
+        return torch.from_numpy(blocked).to(self.device)
+
+    def _top(
+        self,
+        scores: torch.Tensor,
+        pred: torch.Tensor,
+        blocked: torch.Tensor,
+        n: int,
+        offset: int,
+    ) -> list[Scored]:
+        """Top ``n`` unblocked columns after skipping ``offset`` of them."""
+        if n < 0 or offset < 0:
+            raise ValueError("n and offset must be non-negative")
+        k = min(n + offset, int((~blocked).sum()))
+        if k <= offset:
+            return []
+        masked = scores.masked_fill(blocked, -math.inf)
+        top_scores, top_cols = torch.topk(masked, k)
+        top_cols = top_cols[offset:].cpu().numpy()
+        top_scores = top_scores[offset:].cpu().numpy()
+        preds = pred[top_cols].cpu().numpy() if len(top_cols) else np.empty(0)
+        ids = self.movie_ids[top_cols]
+        return [
+            Scored(int(m), float(s), float(p))
+            for m, s, p in zip(ids, top_scores, preds, strict=True)
+        ]
+
+    def recommend(
+        self,
+        ratings: UserRatings,
+        n: int = 10,
+        offset: int = 0,
+        exclude: Iterable[int] = (),
+        allowed: np.ndarray | None = None,
+    ) -> list[Scored]:
+        """The best ``n`` movies after ``offset`` that the user has not rated.
+
+        Already-rated movies, ``exclude`` ids and columns where ``allowed`` is False are never
+        returned. A user with no (known) ratings gets the model's answer for an empty row, which
+        is defined for every model (the service may prefer :meth:`popular` there).
+        """
+        cols, vals = self._encode(ratings)
+        pred, scores = self._forward([(cols, vals)])
+        return self._top(scores[0], pred[0], self._blocked(cols, exclude, allowed), n, offset)
+
+    def recommend_many(
+        self,
+        users: Sequence[UserRatings],
+        n: int = 10,
+        exclude: Iterable[int] = (),
+        allowed: np.ndarray | None = None,
+    ) -> list[list[Scored]]:
+        """:meth:`recommend` for many users, ``BATCH`` users per forward pass."""
+        exclude = list(exclude)
+        out: list[list[Scored]] = []
+        for start in range(0, len(users), BATCH):
+            encoded = [self._encode(r) for r in users[start : start + BATCH]]
+            pred, scores = self._forward(encoded)
+            for b, (cols, _) in enumerate(encoded):
+                blocked = self._blocked(cols, exclude, allowed)
+                out.append(self._top(scores[b], pred[b], blocked, n, 0))
+        return out
+
+    def top_n_matrix(
+        self, matrix: sp.csr_matrix, n: int, batch_size: int = BATCH
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Top-``n`` unrated movies of every row of a CSR over this model's columns, batched.
+
+        Yields ``(first row of the batch, movie ids (B, n), scores (B, n))``; a row with fewer
+        than ``n`` unrated movies has its tail padded with id ``-1`` and score ``-inf``.
+        """
+        if matrix.shape[1] != self.n_items:
+            raise ValueError(f"matrix has {matrix.shape[1]} columns, the model {self.n_items}")
+        m = sp.csr_matrix(matrix, dtype=np.float32)
+        k = min(n, self.n_items)
+        for start in range(0, m.shape[0], batch_size):
+            block = m[start : start + batch_size]
+            rows = [
+                (block.indices[a:b].astype(np.int64), block.data[a:b])
+                for a, b in zip(block.indptr[:-1], block.indptr[1:], strict=True)
+            ]
+            _, scores = self._forward(rows)  # (B, I)
+            coo = block.tocoo()
+            seen = torch.zeros_like(scores, dtype=torch.bool)
+            seen[torch.from_numpy(coo.row).long(), torch.from_numpy(coo.col).long()] = True
+            top_s, top_c = torch.topk(scores.masked_fill(seen, -math.inf), k, dim=1)
+            top_s, top_c = top_s.cpu().numpy(), top_c.cpu().numpy()
+            ids = np.where(np.isfinite(top_s), self.movie_ids[top_c], -1)
+            yield start, ids, top_s
+
+    # ------------------------------------------------------------------ ratings
+    def predict(self, ratings: UserRatings, movie_ids: Iterable[int]) -> dict[int, float | None]:
+        """Predicted rating of each movie for the user; ``None`` for movies the model lacks."""
+        ids = [int(i) for i in movie_ids]
+        cols = self.columns(ids)
+        pred, _ = self.score(ratings)
+        return {i: (float(pred[c]) if c >= 0 else None) for i, c in zip(ids, cols, strict=True)}
+
+    def _clip(self, x: float) -> float:
+        return float(min(max(x, self.rating_min), self.rating_max))
+
+    def user_offset(self, ratings: UserRatings) -> float | None:
+        """Shrunk mean deviation of the user's ratings from global mean + movie bias."""
+        cols, vals = self._encode(ratings)
+        if len(cols) == 0:
+            return None
+        dev = vals - self.global_mean - self._item_bias[cols]
+        return float(dev.sum() / (len(cols) + USER_BIAS_REG))
+
+    def predict_with_fallback(
+        self, ratings: UserRatings, movie_ids: Iterable[int]
+    ) -> list[Prediction]:
+        """A prediction for every id, in order, from the best source available.
+
+        ``model`` when the user has known ratings and the movie is in the model; ``bias``
+        (global mean + movie bias, or + user offset for an unknown movie) when one side is
+        unknown; ``global_mean`` when both are.
+        """
+        ids = [int(i) for i in movie_ids]
+        cols = self.columns(ids)
+        offset = self.user_offset(ratings)
+        pred = self.score(ratings)[0] if offset is not None else None
+        out: list[Prediction] = []
+        for c in cols:
+            if c >= 0 and pred is not None:
+                out.append(Prediction(float(pred[c]), "model"))
+            elif c >= 0:
+                out.append(
+                    Prediction(self._clip(self.global_mean + float(self._item_bias[c])), "bias")
+                )
+            elif offset is not None:
+                out.append(Prediction(self._clip(self.global_mean + offset), "bias"))
+            else:
+                out.append(Prediction(self._clip(self.global_mean), "global_mean"))
+        return out
+
+    # ------------------------------------------------------------------ catalogue
+    def similar(self, movie_id: int, n: int = 10) -> list[Scored]:
+        """The ``n`` movies closest to ``movie_id`` by cosine of the learned item embeddings.
+
+        The movie itself is never returned; an unknown id raises ``KeyError``.
+        """
+        col = int(self.columns([movie_id])[0])
+        if col < 0:
+            raise KeyError(f"movie {movie_id} is not known to model {self.version_name}")
+        with torch.inference_mode():
+            sims = self._unit_items @ self._unit_items[col]  # (I,)
+            sims[col] = -math.inf
+            k = min(n, self.n_items - 1)
+            top_s, top_c = torch.topk(sims, k)
+        cols = top_c.cpu().numpy()
+        return [
+            Scored(int(self.movie_ids[c]), float(s), math.nan)
+            for c, s in zip(cols, top_s.cpu().numpy(), strict=True)
+        ]
+
+    def popular(
+        self, n: int = 10, allowed: np.ndarray | None = None, offset: int = 0
+    ) -> list[Scored]:
+        """The most rated movies of the training data (score = number of ratings)."""
+        order = self._popular_order
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            order = order[allowed[order]]
+        cols = order[offset : offset + n]
+        return [
+            Scored(
+                int(self.movie_ids[c]),
+                float(self._popularity[c]),
+                self._clip(self.global_mean + float(self._item_bias[c])),
+            )
+            for c in cols
+        ]
