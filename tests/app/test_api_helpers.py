@@ -189,3 +189,19 @@ def assert_problem(response: Any, status: int, *needles: str) -> dict[str, Any]:
     for needle in needles:
         assert needle in body["detail"], body
     return body  # type: ignore[no-any-return]
+
+
+def copy_checkpoint(tiny: TinyModel, dest: Path, *, corrupt: bool = False) -> Any:
+    """A copy of the tiny checkpoint in a new folder (a distinct version), optionally with its
+    weights damaged so that verification fails; a ``TrainResult``-like object for registering."""
+    import shutil
+
+    target = dest / f"copy-{len(list(dest.glob('copy-*')))}" if dest.exists() else dest / "copy-0"
+    shutil.copytree(tiny.path, target)
+    if corrupt:
+        weights = target / "weights.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-8:] = b"\x00\x01\x02\x03\x04\x05\x06\x07"
+        weights.write_bytes(bytes(data))
+    result = tiny.result
+    return type(result)(target, result.sha256, result.manifest, result.metrics)
