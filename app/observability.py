@@ -141,10 +141,6 @@ def _route_template(scope: Scope) -> str:
     return str(path) if path else "unmatched"
 
 
-class BodyTooLarge(Exception):
-    """The streamed request body went over the limit."""
-
-
 PROBLEM_413 = {
     "type": "about:blank",
     "title": "Request body too large",
@@ -193,18 +189,28 @@ class ObservabilityMiddleware:
                 await _send_413(send, self.max_body_bytes, request_id)
                 return
             received = 0
+            rejected = False
 
             async def limited_receive() -> Message:
-                nonlocal received
+                """Count streamed bytes; over the limit, answer 413 and end the body."""
+                nonlocal received, rejected, status, started
+                if rejected:
+                    return {"type": "http.disconnect"}
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.max_body_bytes:
-                        raise BodyTooLarge()
+                        rejected = True
+                        if not started:
+                            started, status = True, 413
+                            await _send_413(send, self.max_body_bytes, request_id)
+                        return {"type": "http.disconnect"}
                 return message
 
             async def tagged_send(message: Message) -> None:
                 nonlocal status, started
+                if rejected:  # the 413 went out already; the app's answer is dropped
+                    return
                 if message["type"] == "http.response.start":
                     started = True
                     status = int(message["status"])
@@ -215,11 +221,9 @@ class ObservabilityMiddleware:
 
             try:
                 await self.app(scope, limited_receive, tagged_send)
-            except BodyTooLarge:
-                if started:
+            except Exception:
+                if not rejected:  # a body cut short by the limit ends the app with an error
                     raise
-                status = 413
-                await _send_413(send, self.max_body_bytes, request_id)
         finally:
             self._record(scope, status, time.perf_counter() - start)
             request_id_var.reset(token)
