@@ -115,14 +115,35 @@ def _parse_copy_rows(buf: bytes | memoryview, cols: _Columns) -> int:
     n = len(buf) // _PG_ROW.itemsize
     if n == 0:
         return 0
-    rows = np.frombuffer(buf, dtype=_PG_ROW, count=n)
-    if rows["n_fields"][-1] == -1:  # the trailer (int16 -1) fell on a row boundary
-        rows = rows[:-1]
-        n -= 1
-    if n and (np.any(rows["n_fields"] != 3) or np.any(rows["len_rating"] != 8)):
+    rows = np.frombuffer(buf, dtype=_PG_ROW, count=n)  # the 2-byte trailer never fills a row
+    if np.any(rows["n_fields"] != 3) or np.any(rows["len_rating"] != 8):
         raise DataError("unexpected row layout in PostgreSQL COPY output (NULL or wrong type)")
     cols.extend(rows["user"], rows["movie"], rows["rating"])
     return n * _PG_ROW.itemsize
+
+
+def parse_copy_stream(chunks: Iterable[bytes | memoryview], cols: _Columns) -> None:
+    """Parse a binary ``COPY ... TO STDOUT`` stream of (int4, int4, float8) rows into ``cols``.
+
+    Chunks may split the header and rows anywhere; at most one partial row is kept between
+    chunks, so memory stays bounded by the chunk size plus the arrays.
+    """
+    pending = b""
+    header_done = False
+    for chunk in chunks:
+        pending += bytes(chunk)
+        if not header_done:
+            if len(pending) < _PG_HEADER_LEN:
+                continue
+            if not pending.startswith(_PG_SIGNATURE):
+                raise DataError("PostgreSQL COPY output lacks the binary signature")
+            (ext_len,) = struct.unpack(">i", pending[15:19])
+            pending = pending[_PG_HEADER_LEN + ext_len :]
+            header_done = True
+        used = _parse_copy_rows(pending, cols)
+        pending = pending[used:]
+    if not header_done or pending not in (b"", b"\xff\xff"):
+        raise DataError(f"truncated PostgreSQL COPY output ({len(pending)} bytes left over)")
 
 
 def _read_postgres(engine: Engine, capacity: int) -> _Columns:
@@ -132,22 +153,7 @@ def _read_postgres(engine: Engine, capacity: int) -> _Columns:
     try:
         conn: Any = raw.driver_connection
         with conn.cursor() as cur, cur.copy(PG_COPY) as copy:
-            pending = b""
-            header_done = False
-            for chunk in copy:
-                pending += bytes(chunk)
-                if not header_done:
-                    if len(pending) < _PG_HEADER_LEN:
-                        continue
-                    if not pending.startswith(_PG_SIGNATURE):
-                        raise DataError("PostgreSQL COPY output lacks the binary signature")
-                    (ext_len,) = struct.unpack(">i", pending[15:19])
-                    pending = pending[_PG_HEADER_LEN + ext_len :]
-                    header_done = True
-                used = _parse_copy_rows(pending, cols)
-                pending = pending[used:]
-            if pending not in (b"", b"\xff\xff"):
-                raise DataError(f"{len(pending)} trailing bytes in PostgreSQL COPY output")
+            parse_copy_stream(copy, cols)
     finally:
         raw.close()
     return cols

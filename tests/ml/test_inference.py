@@ -1,0 +1,157 @@
+"""ml.inference.Recommender: the behaviours every scorer must have, on a tiny trained model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from ml.checkpoint import save
+from ml.inference import Recommender, Scored
+from ml.train import TrainConfig, fit
+from tests.ml.test_checkpoint import TINY
+from tests.ml.test_data import random_matrix
+
+N_ITEMS = 25
+MOVIE_IDS = np.arange(1000, 1000 + 3 * N_ITEMS, 3)  # ids are not column numbers
+USER = {1000: 5.0, 1003: 4.0, 1030: 1.5, 1060: 3.0}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    train = random_matrix(40, N_ITEMS, density=0.3, seed=2)
+    config = TrainConfig(epochs=3, batch_size=8, device="cpu", progress=False, model=TINY)
+    model, _ = fit(train, None, config)
+    popularity = np.diff(train.tocsc().indptr)
+    manifest = {
+        "movie_ids": MOVIE_IDS.tolist(),
+        "popularity": popularity.tolist(),
+        "metrics": {"validation": {}},
+    }
+    path, _ = save(tmp_path_factory.mktemp("models"), model, manifest)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rec(ckpt: Path) -> Recommender:
+    return Recommender.from_checkpoint(ckpt, device="cpu")
+
+
+def ids(items: list[Scored]) -> list[int]:
+    return [s.movie_id for s in items]
+
+
+def test_loaded_recommender_describes_its_checkpoint(rec: Recommender, ckpt: Path) -> None:
+    assert rec.version_name == ckpt.name
+    assert rec.movie_ids.tolist() == MOVIE_IDS.tolist()
+    assert rec.manifest["weights_sha256"]
+    with pytest.raises(ValueError):
+        rec.movie_ids[0] = 1  # immutable after load
+
+
+def test_rated_excluded_and_filtered_movies_are_never_returned(rec: Recommender) -> None:
+    allowed = np.ones(N_ITEMS, dtype=bool)
+    allowed[[2, 3, 4]] = False  # columns of ids 1006, 1009, 1012
+    items = rec.recommend(USER, n=N_ITEMS, exclude=[1015, 1018, 424242], allowed=allowed)
+    got = set(ids(items))
+    assert not got & set(USER)
+    assert not got & {1015, 1018, 1006, 1009, 1012}
+    assert len(items) == N_ITEMS - len(USER) - 2 - 3  # everything else, nothing twice
+    scores = [s.score for s in items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_n_and_offset_page_through_one_ranking(rec: Recommender) -> None:
+    full = rec.recommend(USER, n=10)
+    assert len(full) == 10
+    assert rec.recommend(USER, n=4, offset=3) == full[3:7]
+    assert rec.recommend(USER, n=5, offset=N_ITEMS) == []
+    assert rec.recommend(USER, n=0) == []
+    with pytest.raises(ValueError):
+        rec.recommend(USER, n=-1)
+
+
+def test_user_without_ratings_gets_a_defined_answer(rec: Recommender) -> None:
+    items = rec.recommend({}, n=5)
+    assert len(items) == 5 and all(math.isfinite(s.score) for s in items)
+    assert rec.recommend([], n=5) == items
+    assert rec.recommend({99999: 4.0}, n=5) == items  # unknown movies are ignored
+
+
+def test_input_forms_agree_and_bad_ratings_are_refused(rec: Recommender) -> None:
+    assert rec.recommend(list(USER.items()), n=6) == rec.recommend(USER, n=6)
+    with pytest.raises(ValueError, match="outside the scale"):
+        rec.recommend({1000: 7.0})
+    with pytest.raises(ValueError, match="pairs"):
+        rec.recommend([(1000, "good")])  # type: ignore[list-item]
+
+
+def test_index_of_and_predict_handle_unknown_ids(rec: Recommender) -> None:
+    cols, unknown = rec.index_of([1003, 5, 1000, 1001])
+    assert cols.tolist() == [1, 0] and unknown == [5, 1001]
+    pred = rec.predict(USER, [1006, 5])
+    assert pred[5] is None
+    assert pred[1006] is not None and 0.5 <= pred[1006] <= 5.0
+
+
+def test_fallback_predictions_name_their_source(rec: Recommender) -> None:
+    known = rec.predict_with_fallback(USER, [1006, 5])
+    assert [p.source for p in known] == ["model", "bias"]
+    stranger = rec.predict_with_fallback({}, [1006, 5])
+    assert [p.source for p in stranger] == ["bias", "global_mean"]
+    assert stranger[1].value == pytest.approx(rec.global_mean)
+    assert all(0.5 <= p.value <= 5.0 for p in known + stranger)
+
+
+def test_sparse_serving_path_matches_the_dense_forward(rec: Recommender) -> None:
+    pred, scores = rec.score(USER)
+    dense = torch.zeros(1, N_ITEMS)
+    cols, _ = rec.index_of(USER)
+    dense[0, torch.from_numpy(cols)] = torch.tensor(list(USER.values()))
+    with torch.no_grad():
+        d_pred, d_scores = rec.model(dense, dense != 0)
+    assert np.allclose(pred, d_pred[0].numpy(), atol=1e-5)
+    assert np.allclose(scores, d_scores[0].numpy(), atol=1e-5)
+
+
+def test_batched_paths_agree_with_single_requests(rec: Recommender) -> None:
+    users = [USER, {}, {1009: 2.0, 1012: 4.5}]
+    many = rec.recommend_many(users, n=4)
+    for user, got in zip(users, many, strict=True):
+        single = rec.recommend(user, n=4)
+        assert ids(got) == ids(single)
+        assert [s.score for s in got] == pytest.approx([s.score for s in single], abs=1e-5)
+    matrix = sp.csr_matrix(
+        ([5.0, 4.0, 2.0], ([0, 0, 1], [0, 1, 3])), shape=(2, N_ITEMS), dtype=np.float32
+    )
+    (_, top_ids, _), *_ = rec.top_n_matrix(matrix, 4)
+    assert top_ids[0].tolist() == ids(rec.recommend({1000: 5.0, 1003: 4.0}, n=4))
+    assert top_ids[1].tolist() == ids(rec.recommend({1009: 2.0}, n=4))
+
+
+def test_similar_excludes_the_movie_itself(rec: Recommender) -> None:
+    items = rec.similar(1000, n=5)
+    assert len(items) == 5 and 1000 not in ids(items)
+    assert all(-1.0 - 1e-5 <= s.score <= 1.0 + 1e-5 for s in items)
+    assert len(rec.similar(1000, n=1000)) == N_ITEMS - 1
+    with pytest.raises(KeyError):
+        rec.similar(5)
+
+
+def test_popular_follows_the_training_counts(rec: Recommender) -> None:
+    counts = np.asarray(rec.manifest["popularity"])
+    top = rec.popular(5)
+    assert [s.score for s in top] == sorted(counts, reverse=True)[:5]
+    allowed = np.zeros(N_ITEMS, dtype=bool)
+    allowed[[0, 1]] = True
+    assert set(ids(rec.popular(5, allowed=allowed))) == {1000, 1003}
+
+
+def test_round_trip_through_two_loads_gives_identical_scores(ckpt: Path) -> None:
+    a = Recommender.from_checkpoint(ckpt).score(USER)
+    b = Recommender.from_checkpoint(ckpt).score(USER)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
