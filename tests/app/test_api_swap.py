@@ -1,0 +1,90 @@
+"""Hot swaps: every API process follows the active version without a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from app.db.models import ModelVersion
+from app.services import registry
+from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
+from tests.app.test_api_helpers import admin_headers, copy_checkpoint, register_result
+
+
+def wait_for_version(client: TestClient, version: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/v1/users/2/recommendations").json()["model_version"] == version:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"version {version} was not swapped in within {timeout} s")
+
+
+def activate_in_store(served, version_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Activate as another process would (e.g. the worker or another replica's admin call)."""
+    with Session(served.engine) as session, session.begin():
+        registry.activate(session, version_id)
+
+
+def test_a_version_activated_elsewhere_is_swapped_in_while_serving(
+    client: TestClient, served, tiny_model, tmp_path: Path
+) -> None:
+    second = register_result(served.url, copy_checkpoint(tiny_model, tmp_path), activate=False)
+    errors: list[str] = []
+    versions: set[int] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            r = client.get("/v1/users/2/recommendations", params={"n": 5})
+            if r.status_code != 200 or len(r.json()["items"]) != 5:
+                errors.append(f"{r.status_code} {r.text[:200]}")
+            else:
+                versions.add(r.json()["model_version"])
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        activate_in_store(served, second)
+        wait_for_version(client, second)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert versions == {served.version_id, second}
+    assert client.get("/readyz").json()["model"]["version"] == second
+
+
+def test_a_version_that_fails_to_load_is_marked_failed_and_the_old_one_serves(
+    client: TestClient, served, tiny_model, tmp_path: Path
+) -> None:
+    bad = register_result(
+        served.url, copy_checkpoint(tiny_model, tmp_path, corrupt=True), activate=False
+    )
+    activate_in_store(served, bad)  # bypasses the admin route's verification
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ready = client.get("/readyz").json()
+        if "last_failure" in ready["model"]:
+            break
+        time.sleep(0.05)
+    assert ready["model"]["last_failure"]["version"] == bad
+    assert ready["model"]["version"] == served.version_id
+    assert client.get("/readyz").status_code == 200
+    body = client.get("/v1/users/2/recommendations").json()
+    assert body["model_version"] == served.version_id
+    with Session(served.engine) as session:
+        failed = session.get(ModelVersion, bad)
+        assert failed is not None and failed.status == "failed" and "load" in (failed.note or "")
+        assert registry.active_version(session).id == served.version_id  # type: ignore[union-attr]
+    assert "movierec_model_load_failures_total 1.0" in client.get("/metrics").text
+    models = client.get("/v1/admin/models", headers=admin_headers()).json()
+    assert models["active"] == served.version_id
