@@ -1,0 +1,129 @@
+"""The training worker, in process: claims, heartbeats, stale jobs, training and the gate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app.db.models import JobStatus, ModelVersion, TrainingJob, utcnow
+from app.services import registry
+from app.worker import Heartbeat, Worker
+from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
+from tests.app.test_api_helpers import app_settings, register_result
+
+
+def add_job(db, **values) -> int:  # type: ignore[no-untyped-def]
+    values.setdefault("status", JobStatus.queued.value)
+    values.setdefault("params", {})
+    values.setdefault("progress", {})
+    with Session(db.engine) as session, session.begin():
+        job = TrainingJob(**values)
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def job(db, job_id: int) -> TrainingJob:  # type: ignore[no-untyped-def]
+    with Session(db.engine, expire_on_commit=False) as session:
+        found = session.get(TrainingJob, job_id)
+        assert found is not None
+        return found
+
+
+def test_a_job_is_claimed_by_exactly_one_of_many_workers(env, tmp_path: Path) -> None:
+    job_id = add_job(env)
+    workers = [Worker(app_settings(env.url, tmp_path), worker_id=f"w{i}") for i in range(4)]
+    claims: list[int | None] = []
+    barrier = threading.Barrier(len(workers))
+
+    def claim(worker: Worker) -> None:
+        barrier.wait()
+        claims.append(worker.claim())
+
+    threads = [threading.Thread(target=claim, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claims, key=lambda c: c is None)[0] == job_id
+    assert claims.count(job_id) == 1 and claims.count(None) == 3
+    claimed = job(env, job_id)
+    assert claimed.status == "running" and claimed.worker_id in {"w0", "w1", "w2", "w3"}
+    assert claimed.started_at is not None and claimed.heartbeat_at is not None
+
+
+def test_the_oldest_queued_job_is_claimed_first(env, tmp_path: Path) -> None:
+    first, second = add_job(env), add_job(env)
+    worker = Worker(app_settings(env.url, tmp_path), worker_id="w")
+    assert (worker.claim(), worker.claim(), worker.claim()) == (first, second, None)
+
+
+def test_running_jobs_without_heartbeat_are_failed(env, tmp_path: Path) -> None:
+    old, fresh = utcnow() - timedelta(seconds=120), utcnow()
+    stale = add_job(env, status="running", started_at=old, heartbeat_at=old, worker_id="x")
+    alive = add_job(env, status="running", started_at=old, heartbeat_at=fresh, worker_id="y")
+    Worker(app_settings(env.url, tmp_path, heartbeat_timeout_seconds=60)).fail_stale()
+    assert job(env, stale).status == "failed" and "heartbeat" in (job(env, stale).error or "")
+    assert job(env, alive).status == "running"
+
+
+def test_heartbeat_thread_beats_and_notices_a_lost_job(env, tmp_path: Path) -> None:
+    worker = Worker(app_settings(env.url, tmp_path), worker_id="w")
+    job_id = add_job(env)
+    assert worker.claim() == job_id
+    first_beat = job(env, job_id).heartbeat_at
+    with Heartbeat(worker.sessions, job_id, "w", every=0.05) as heartbeat:
+        time.sleep(0.3)
+        assert job(env, job_id).heartbeat_at > first_beat  # type: ignore[operator]
+        with Session(env.engine) as session, session.begin():
+            session.get(TrainingJob, job_id).status = "failed"  # type: ignore[union-attr]
+        deadline = time.monotonic() + 5
+        while not heartbeat.lost.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert heartbeat.lost.is_set()
+
+
+def test_run_trains_registers_activates_and_records_progress(seeded, tmp_path: Path) -> None:
+    job_id = add_job(seeded, params={"epochs": 1})
+    settings = app_settings(seeded.url, tmp_path, heartbeat_seconds=0.1)
+    assert Worker(settings, worker_id="w").run(once=True) == 1
+    done = job(seeded, job_id)
+    assert done.status == "succeeded", done.error
+    assert done.progress["epoch"] == 1 and done.progress["epochs"] == 1
+    assert "ndcg@10" in done.progress["val"]
+    assert done.finished_at is not None and "activated" in (done.message or "")
+    with Session(seeded.engine) as session:
+        version = session.get(ModelVersion, done.model_version_id)
+        assert version is not None and version.is_active
+        assert Path(version.path).is_relative_to(settings.model_dir)
+
+
+def test_a_worse_model_is_kept_inactive_with_the_reason(seeded, tiny_model, tmp_path: Path) -> None:
+    best = tiny_model.result
+    perfect = type(best)(
+        best.path,
+        best.sha256,
+        best.manifest,
+        {"validation": {"ndcg@10": 1.0, "rmse": 0.0}},
+    )
+    active = register_result(seeded.url, perfect)
+    job_id = add_job(seeded, params={"epochs": 1})
+    Worker(app_settings(seeded.url, tmp_path), worker_id="w").run(once=True)
+    done = job(seeded, job_id)
+    assert done.status == "succeeded"
+    assert "not activated" in (done.message or "") and "worse" in (done.message or "")
+    with Session(seeded.engine) as session:
+        assert registry.active_version(session).id == active  # type: ignore[union-attr]
+        assert session.get(ModelVersion, done.model_version_id).status == "registered"  # type: ignore[union-attr]
+
+
+def test_a_failing_job_is_marked_failed_with_the_error(seeded, tmp_path: Path) -> None:
+    job_id = add_job(seeded, params={"preset": "no-such-preset"})
+    Worker(app_settings(seeded.url, tmp_path), worker_id="w").run(once=True)
+    failed = job(seeded, job_id)
+    assert failed.status == "failed" and "no-such-preset" in (failed.error or "")
+    assert failed.finished_at is not None
