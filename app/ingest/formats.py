@@ -678,7 +678,7 @@ def _parse_block(
         described = bad_rows[: problems.room()]
         for row in described:
             message = broken.get(int(row)) or _describe(
-                int(code[row]), str(culprit[row]), columns, int(row), lines[row], layout, sep
+                int(code[row]), str(culprit[row]), lines[row], layout, sep
             )
             problems.add(dataset.ratings.name, first_line + int(row), message)
         problems.add_uncounted(len(bad_rows) - len(described))
@@ -707,17 +707,17 @@ def _as_float(raw: pd.Series) -> np.ndarray:
 def _describe(
     code: int,
     role: str,
-    columns: dict[str, pd.Series],
-    row: int,
     raw_line: bytes,
     layout: RatingsLayout,
     sep: str,
 ) -> str:
-    """A readable message for one invalid line (``sep``: the separator as parsed)."""
-    value = columns[role].iloc[row] if role in columns else None
-    shown = str(value).strip() if value is not None else ""
+    """A readable message for one invalid line (``sep``: the separator as parsed); values are
+    quoted as written in the file."""
+    fields = raw_line.decode(layout.encoding, errors="replace").rstrip("\r").split(sep)
+    at = layout.fields.index(role) if role in layout.fields else len(fields)
+    shown = fields[at].strip().strip('"') if at < len(fields) else ""
     if code == FIELDS:
-        found = raw_line.decode(layout.encoding, errors="replace").count(sep) + 1
+        found = len(fields)
         if found != len(layout.fields):
             return (
                 f"expected {len(layout.fields)} fields separated by {layout.sep!r}, found {found}"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from app.ingest.errors import IngestError, Problems
-from app.ingest.formats import Dataset, custom_csv, detect, iter_rating_chunks
+from app.ingest.formats import BLOCK_BYTES, Dataset, custom_csv, detect, iter_rating_chunks
 from app.ingest.loader import StoreWriter, WriteResult, open_writer
 
 
@@ -59,9 +59,11 @@ def import_dataset(
     *,
     skip_invalid: bool = False,
     progress: bool = True,
+    block_bytes: int = BLOCK_BYTES,
 ) -> ImportSummary:
     """Import ``dataset`` into the store; any invalid line aborts and leaves the store unchanged
-    unless ``skip_invalid``, which drops such lines and reports them."""
+    unless ``skip_invalid``, which drops such lines and reports them. ``block_bytes`` sets how
+    much of the ratings file is parsed at a time."""
     started = time.perf_counter()
     problems = Problems(skip=skip_invalid)
     movies = (
@@ -75,7 +77,9 @@ def import_dataset(
         if movies is not None:
             known = np.union1d(known, movies["movie_id"].to_numpy())
             writer.write_movies(movies)
-        chunks = iter_rating_chunks(dataset, known, problems, now, progress=progress)
+        chunks = iter_rating_chunks(
+            dataset, known, problems, now, progress=progress, block_bytes=block_bytes
+        )
         read = write_chunks(writer, chunks)
         written = writer.finish()
     return ImportSummary(

@@ -1,0 +1,82 @@
+"""`movierec data ...` end to end through the Typer app: exit codes, messages, summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from app.cli import cli
+from tests.app.ingest_fixtures import RATINGS, snapshot, write_100k, write_csv, zip_folder
+
+runner = CliRunner()
+
+
+def test_import_release_then_stats(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = zip_folder(write_100k(tmp_path / "ml-100k"), tmp_path / "ml-100k.zip")
+    result = runner.invoke(cli, ["data", "import", str(archive), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "imported movielens-100k" in result.output
+    assert "ratings: 5 added, 0 updated" in result.output
+
+    again = runner.invoke(cli, ["data", "import", str(archive), "--no-progress"])
+    assert "ratings: 0 added, 0 updated" in again.output
+
+    stats = runner.invoke(cli, ["data", "stats"])
+    assert stats.exit_code == 0
+    assert f"ratings: {len(RATINGS)}" in stats.output
+
+
+def test_bad_line_exits_2_with_file_and_line(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    movies = write_csv(tmp_path / "movies.csv", "movie_id,title", ["1,Heat (1995)"])
+    ratings = write_csv(
+        tmp_path / "ratings.csv", "user_id,movie_id,rating", ["1,1,4", "2,1,5.5", "3,1,3"]
+    )
+    result = runner.invoke(
+        cli, ["data", "import", "--ratings", str(ratings), "--movies", str(movies), "--no-progress"]
+    )
+    assert result.exit_code == 2
+    assert f"error: {ratings}:3: rating 5.5 is outside 0.5-5" in result.stderr
+    assert snapshot(env.url) == ({}, {}, {})
+
+    skipped = runner.invoke(
+        cli,
+        ["data", "import", "--ratings", str(ratings), "--movies", str(movies), "--skip-invalid",
+         "--no-progress"],
+    )  # fmt: skip
+    assert skipped.exit_code == 0
+    assert "skipped 1 invalid lines" in skipped.output and f"{ratings}:3:" in skipped.output
+    assert len(snapshot(env.url)[2]) == 2
+
+
+def test_usage_errors(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    neither = runner.invoke(cli, ["data", "import"])
+    assert neither.exit_code == 2 and "give PATH, or --ratings" in neither.stderr
+    missing = runner.invoke(cli, ["data", "import", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "no such file or directory" in missing.stderr
+    too_many = runner.invoke(
+        cli, ["data", "synth", "--users", "2", "--movies", "2", "--ratings", "5"]
+    )
+    assert too_many.exit_code == 2 and "do not fit" in too_many.stderr
+
+
+def test_synth_to_csv_and_into_store(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "synth"
+    args = ["data", "synth", "--users", "30", "--movies", "20", "--ratings", "300", "--seed", "4"]
+    written = runner.invoke(cli, [*args, "--out", str(out), "--no-progress"])
+    assert written.exit_code == 0, written.output
+    assert (out / "ratings.csv").read_text().count("\n") == 301
+
+    stored = runner.invoke(cli, [*args, "--no-progress"])
+    assert stored.exit_code == 0, stored.output
+    assert "300 ratings added" in stored.output
+    assert len(snapshot(env.url)[2]) == 300
+
+
+def test_fetch_when_present_does_nothing(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dest = write_100k(tmp_path / "data" / "ml-100k")  # the default destination under the env
+    before = sorted(p.name for p in dest.iterdir())
+    result = runner.invoke(cli, ["data", "fetch", "movielens-100k"])
+    assert result.exit_code == 0
+    assert "already in" in result.output
+    assert sorted(p.name for p in dest.iterdir()) == before
