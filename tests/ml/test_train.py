@@ -1,0 +1,173 @@
+"""ml.train: the loss falls, the best epoch is restored, seeds repeat, store → checkpoint."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ml import metrics
+from ml.checkpoint import load
+from ml.data import split_per_user
+from ml.model import ModelConfig
+from ml.train import (
+    PRESETS,
+    Dist,
+    TrainConfig,
+    _ndcg_recall_sums,
+    best_metrics,
+    fit,
+    lr_factor,
+    preset,
+    read_config_file,
+    shard,
+    train_from_store,
+    validate,
+    with_overrides,
+)
+from tests.ml.test_checkpoint import TINY
+from tests.ml.test_data import insert_store, random_matrix
+
+
+def tiny_config(**changes: object) -> TrainConfig:
+    base = TrainConfig(
+        epochs=6, batch_size=8, lr=3e-3, device="cpu", progress=False, threads=1, model=TINY
+    )
+    return with_overrides(base, dict(changes))
+
+
+@pytest.fixture(scope="module")
+def split():  # type: ignore[no-untyped-def]
+    return split_per_user(random_matrix(48, 30, density=0.35, seed=5), 0.2, seed=0)
+
+
+def test_training_loss_falls(split) -> None:  # type: ignore[no-untyped-def]
+    train, _ = split
+    config = tiny_config(epochs=10, lr=0.01, model={"input_dropout": 0.0}, schedule="constant")
+    _, history = fit(train, None, config)
+    losses = [h["train_loss"] for h in history]
+    assert len(history) == 10
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_best_epoch_is_restored_and_early_stopping_ends_the_run(split) -> None:  # type: ignore[no-untyped-def]
+    train, val = split
+    # A learning rate far too high for this data: validation gets worse and training stops.
+    config = tiny_config(epochs=30, lr=0.05, schedule="constant", patience=2, monitor="rmse")
+    model, history = fit(train, val, config)
+    best = history[-1]["best_epoch"]
+    assert len(history) < 30 and len(history) - best == 2
+    restored = validate(model, train, val, torch.device("cpu"), config)
+    assert restored["rmse"] == pytest.approx(history[best - 1]["val_rmse"], rel=1e-5)
+    assert restored["rmse"] == min(h["val_rmse"] for h in history)
+    assert best_metrics(history)["validation"]["rmse"] == history[best - 1]["val_rmse"]
+
+
+def test_same_seed_gives_the_same_weights(split) -> None:  # type: ignore[no-untyped-def]
+    train, val = split
+    a, _ = fit(train, val, tiny_config(epochs=2))
+    b, _ = fit(train, val, tiny_config(epochs=2))
+    c, _ = fit(train, val, tiny_config(epochs=2, seed=1))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_epoch_log_is_one_json_line_per_epoch(split, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    train, val = split
+    log = tmp_path / "epochs.jsonl"
+    seen: list[dict] = []
+    fit(train, val, tiny_config(epochs=2, log_file=str(log)), on_epoch=seen.append)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] == [r["epoch"] for r in seen]
+    assert {"train_loss", "val_rmse", "val_ndcg@10", "lr", "users_per_s"} <= set(lines[0])
+
+
+def test_validation_ranking_agrees_with_ml_metrics() -> None:
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.normal(size=(20, 15)).astype(np.float32))
+    truth_np = np.where(rng.random((20, 15)) < 0.3, rng.integers(1, 6, (20, 15)), 0)
+    truth = torch.from_numpy(truth_np.astype(np.float32))
+    ndcg, recall, counted = _ndcg_recall_sums(scores, truth, truth > 0, 10)
+    relevant = truth_np >= 4
+    expected_ndcg = metrics.ndcg_at_k(scores.numpy(), relevant, 10)
+    expected_recall = metrics.recall_at_k(scores.numpy(), relevant, 10)
+    assert counted == np.sum(~np.isnan(expected_ndcg))
+    assert ndcg / counted == pytest.approx(np.nanmean(expected_ndcg), rel=1e-5)
+    assert recall / counted == pytest.approx(np.nanmean(expected_recall), rel=1e-5)
+
+
+def test_learning_rate_schedule_warms_up_then_decays() -> None:
+    config = TrainConfig(warmup_frac=0.1)
+    factors = [lr_factor(s, 100, config) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    assert factors[-1] < 0.01
+    assert lr_factor(50, 100, TrainConfig(schedule="constant")) == 1.0
+
+
+def test_sharding_deals_each_global_batch_across_ranks() -> None:
+    order = np.arange(37)
+    shards = [shard(order, 8, Dist(rank, 4)) for rank in range(4)]
+    assert {len(s) for s, _ in shards} == {10} and {b for _, b in shards} == {2}
+    for k in range(4):
+        union = sorted(np.concatenate([s[2 * k : 2 * k + 2] for s, _ in shards]).tolist())
+        assert union == sorted(order[8 * k : 8 * k + 8].tolist())
+
+
+def test_presets_and_overrides(tmp_path: Path) -> None:
+    seed = preset("seed")
+    assert seed.model.hidden == (20, 10) and seed.model.activation == "sigmoid"
+    assert seed.model.ranking_loss == "none" and seed.batch_size == 1
+    assert (seed.optimizer, seed.lr, seed.weight_decay, seed.epochs) == ("rmsprop", 0.01, 0.5, 200)
+    assert set(PRESETS) >= {"default", "seed"}
+    toml = tmp_path / "c.toml"
+    toml.write_text('epochs = 3\n[model]\nhidden = [4]\nactivation = "relu"\n')
+    config = with_overrides(preset("default"), read_config_file(toml))
+    assert config.epochs == 3 and config.model.hidden == (4,) and config.model.activation == "relu"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochz": 3}')
+    with pytest.raises(ValueError, match="epochz"):
+        with_overrides(preset("default"), read_config_file(bad))
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="not valid"):
+        read_config_file(bad)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("nope")
+
+
+def test_seed_preset_trains_the_tutorial_model(split) -> None:  # type: ignore[no-untyped-def]
+    train, val = split
+    config = with_overrides(preset("seed"), {"epochs": 2, "progress": False, "device": "cpu"})
+    model, history = fit(train, val, config)
+    assert model.config == ModelConfig.tutorial()
+    assert len(history) == 2 and math.isfinite(history[-1]["val_rmse"])
+
+
+def test_train_from_store_writes_a_complete_checkpoint(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    movies = list(range(1, 21))
+    ratings = [
+        (u, m, float(rng.integers(1, 11)) / 2)
+        for u in range(1, 31)
+        for m in rng.choice(movies, size=8, replace=False).tolist()
+    ]
+    insert_store(database.engine, movies=movies, ratings=ratings)
+    result = train_from_store(database.url, tmp_path, tiny_config(epochs=2, val_frac=0.2))
+    assert result is not None
+    manifest, state = load(result.path)
+    assert state and manifest == result.manifest
+    assert manifest["movie_ids"] == movies
+    assert manifest["data"]["ratings"] == len(ratings) and manifest["data"]["users"] == 30
+    assert len(manifest["popularity"]) == 20 and sum(manifest["popularity"]) == len(ratings)
+    assert manifest["training"]["epochs"] == 2
+    val = manifest["metrics"]["validation"]
+    assert {"rmse", "mae", "ndcg@10"} <= set(val) and val["rmse"] > 0
+    assert result.metrics == manifest["metrics"]
+    assert (result.path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((result.path / "history.jsonl").read_text().splitlines()) == 2
