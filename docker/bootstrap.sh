@@ -12,7 +12,7 @@ if [ "${BOOTSTRAP_DATA:-1}" = "0" ]; then
     exit 0
 fi
 
-data_dir="${MOVIEREC_DATA_DIR:-/var/lib/movierec/data}"
+dataset_dir="${MOVIEREC_DATA_DIR:-/var/lib/movierec/data}/ml-100k"
 
 # Exit status 0 when the configured store holds no rating yet.
 store_is_empty() {
@@ -33,8 +33,8 @@ PY
 
 if store_is_empty; then
     echo "bootstrap: empty store, loading MovieLens-100K"
-    movierec data fetch movielens-100k --dest "$data_dir"
-    movierec data import "$data_dir/ml-100k"
+    movierec data fetch movielens-100k --dest "$dataset_dir"
+    movierec data import --no-progress "$dataset_dir"
 else
     echo "bootstrap: the store already holds ratings, import skipped"
 fi

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 import yaml
 
@@ -103,11 +102,22 @@ def expand(word: str, variables: dict[str, str]) -> str:
     return _SHELL_VARIABLE.sub(substitute, word)
 
 
+_ASSIGNMENT = re.compile(r"^(\w+)=(\S.*)$")
+
+
 def script_commands(path: Path, variables: dict[str, str]) -> list[list[str]]:
-    """The ``movierec ...`` command lines of a shell script, in order, variables substituted."""
+    """The ``movierec ...`` command lines of a shell script, in order, variables substituted.
+
+    ``variables`` holds the environment; the script's own ``name=value`` lines are followed.
+    """
+    variables = dict(variables)
     commands: list[list[str]] = []
     for raw in path.read_text().splitlines():
         words = shlex.split(raw, comments=True)
+        assignment = _ASSIGNMENT.match(words[0]) if len(words) == 1 else None
+        if assignment:
+            variables[assignment[1]] = expand(assignment[2], variables)
+            continue
         if words[:1] == ["exec"]:
             words = words[1:]
         if words[:1] == ["movierec"]:
@@ -115,23 +125,35 @@ def script_commands(path: Path, variables: dict[str, str]) -> list[list[str]]:
     return commands
 
 
-def resolve(argv: list[str]) -> click.Context:
+class CommandLineError(Exception):
+    """A command line the ``movierec`` command would refuse (unknown command, option...)."""
+
+
+def resolve(argv: list[str]) -> Any:
     """Parse ``movierec ...`` with the real command line, as the shell would run it.
 
-    Walks the groups to the leaf command and builds its context, so a misspelt command, an
-    unknown option or a missing argument raises ``click.UsageError``; nothing is executed.
+    Walks the groups to the leaf command (``resolve_command``) and builds its context
+    (``make_context``), so a misspelt command, an unknown option or a missing argument raises
+    ``CommandLineError``; nothing is executed. Returns the leaf command's context. Works with
+    Typer's own command classes and with plain click ones (duck typing on their methods).
     """
     from app.cli import cli
 
-    assert argv and argv[0] == "movierec", f"not a movierec command: {argv}"
-    command: click.Command = typer.main.get_command(cli)
-    name, args = "movierec", list(argv[1:])
-    parent: click.Context | None = None
-    while isinstance(command, click.Group):
-        ctx = click.Context(command, info_name=name, parent=parent)
-        if not args:
-            raise click.UsageError(f"`{' '.join(argv)}` names a group, not a command", ctx)
-        found_name, found, args = command.resolve_command(ctx, args)
-        assert found is not None and found_name is not None
-        name, command, parent = found_name, found, ctx
-    return command.make_context(name, args, parent=parent)
+    if not argv or argv[0] != "movierec":
+        raise CommandLineError(f"not a movierec command: {argv}")
+    command: Any = typer.main.get_command(cli)
+    name, args, parent = "movierec", list(argv[1:]), None
+    try:
+        while hasattr(command, "resolve_command"):  # a group: find the subcommand
+            ctx = command.context_class(command, info_name=name, parent=parent)
+            if not args:
+                raise CommandLineError(f"`{' '.join(argv)}` names a group, not a command")
+            found_name, found, args = command.resolve_command(ctx, args)
+            name, command, parent = found_name, found, ctx
+        return command.make_context(name, args, parent=parent)
+    except CommandLineError:
+        raise
+    except Exception as exc:
+        if not hasattr(exc, "format_message"):  # not a usage error: a bug worth seeing
+            raise
+        raise CommandLineError(f"`{' '.join(argv)}`: {exc.format_message()}") from exc
