@@ -1,0 +1,177 @@
+"""Retraining end to end through a real ``movierec worker`` process.
+
+The API (in process, lifespan running) queues the job; the worker subprocess claims it, trains
+on the tiny store, registers and activates the new version; the API swaps it in without a
+restart while client threads keep asking for recommendations. A worker killed mid-job leaves a
+job that is marked failed once its heartbeat is older than the timeout, and the active model
+stays as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
+from tests.app.test_api_helpers import admin_headers, app_settings
+
+AUTH = admin_headers()
+HEARTBEAT_TIMEOUT = 2.0
+
+
+def worker_env(url: str, tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "MOVIEREC_DATABASE_URL": url,
+            "MOVIEREC_MODEL_DIR": str(tmp_path / "models"),
+            "MOVIEREC_ENVIRONMENT": "test",
+            "MOVIEREC_DEVICE": "cpu",
+            "MOVIEREC_WORKER_POLL_SECONDS": "0.2",
+            "MOVIEREC_HEARTBEAT_SECONDS": "0.2",
+            "MOVIEREC_HEARTBEAT_TIMEOUT_SECONDS": str(HEARTBEAT_TIMEOUT),
+            # Any finished model replaces the active one, so the swap is certain.
+            "MOVIEREC_ACTIVATION_TOLERANCE": "1000",
+            "MOVIEREC_LOG_LEVEL": "INFO",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def worker_process(served, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``movierec worker`` running against the test store; its log is shown on failure."""
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from app.cli import main; main()", "worker"],
+            env=worker_env(served.url, tmp_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture
+def api(served, tmp_path: Path) -> Iterator[TestClient]:
+    settings = app_settings(served.url, tmp_path, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_retrain_through_the_worker_swaps_in_the_new_version_without_errors(
+    api: TestClient, served, worker_process: subprocess.Popen[bytes]
+) -> None:
+    errors: list[str] = []
+    versions: set[int] = set()
+    stop = threading.Event()
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            r = api.get("/v1/users/2/recommendations", params={"n": 5})
+            if r.status_code != 200 or len(r.json()["items"]) != 5:
+                errors.append(f"{r.status_code}: {r.text[:200]}")
+            else:
+                versions.add(r.json()["model_version"])
+            time.sleep(0.01)
+
+    clients = [threading.Thread(target=keep_asking) for _ in range(2)]
+    for t in clients:
+        t.start()
+    try:
+        queued = api.post("/v1/admin/retrain", json={"epochs": 2}, headers=AUTH)
+        assert queued.status_code == 202
+        job_id = queued.json()["id"]
+        conflict = api.post("/v1/admin/retrain", headers=AUTH)
+        assert conflict.status_code == 409 and conflict.json()["job"]["id"] == job_id
+
+        def finished() -> dict[str, Any] | None:
+            job = api.get(f"/v1/admin/jobs/{job_id}", headers=AUTH).json()
+            return job if job["status"] in ("succeeded", "failed") else None
+
+        job = wait_until(finished, 90, "the job to finish")
+        assert job["status"] == "succeeded", job["error"]
+        assert job["progress"]["epoch"] >= 1 and job["progress"]["epochs"] == 2
+        assert job["worker_id"] and job["heartbeat_at"]
+        new_version = job["model_version_id"]
+        assert new_version and new_version != served.version_id
+        assert "activated" in job["message"]
+        wait_until(
+            lambda: api.get("/v1/users/2/recommendations").json()["model_version"] == new_version,
+            10,
+            "the new version to serve",
+        )
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join()
+    assert errors == []
+    assert versions >= {served.version_id, new_version}
+    models = api.get("/v1/admin/models", headers=AUTH).json()
+    assert models["active"] == new_version
+    png = api.get(f"/v1/admin/models/{new_version}/learning-curve.png", headers=AUTH)
+    assert png.status_code == 200
+    assert worker_process.poll() is None  # still polling for the next job
+
+
+def test_a_worker_killed_mid_job_leaves_a_failed_job_and_the_model_unchanged(
+    api: TestClient, served, worker_process: subprocess.Popen[bytes]
+) -> None:
+    # The tutorial preset trains one user per step with no early stopping: long enough to kill.
+    queued = api.post("/v1/admin/retrain", json={"preset": "seed", "epochs": 5000}, headers=AUTH)
+    job_id = queued.json()["id"]
+
+    def training() -> bool:
+        job = api.get(f"/v1/admin/jobs/{job_id}", headers=AUTH).json()
+        assert job["status"] in ("queued", "running"), job
+        return job["status"] == "running" and job["progress"].get("epoch", 0) >= 1
+
+    wait_until(training, 60, "the job to be training")
+    worker_process.send_signal(signal.SIGKILL)
+    worker_process.wait(timeout=10)
+    assert api.get(f"/v1/admin/jobs/{job_id}", headers=AUTH).json()["status"] == "running"
+
+    def failed() -> dict[str, Any] | None:
+        job = api.get(f"/v1/admin/jobs/{job_id}", headers=AUTH).json()
+        return job if job["status"] == "failed" else None
+
+    started = time.monotonic()
+    job = wait_until(failed, HEARTBEAT_TIMEOUT + 10, "the dead worker's job to fail")
+    assert time.monotonic() - started <= HEARTBEAT_TIMEOUT + 10
+    assert "heartbeat" in job["error"] and job["finished_at"]
+    assert api.get("/v1/admin/models", headers=AUTH).json()["active"] == served.version_id
+    body = api.get("/v1/users/2/recommendations").json()
+    assert body["model_version"] == served.version_id
+    # A new retrain is accepted again.
+    assert api.post("/v1/admin/retrain", headers=AUTH).status_code == 202
