@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import inspect
 import io
 import json
 import math
@@ -213,6 +214,28 @@ class _Objective(nn.Module):
 
     def forward(self, ratings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
         return self.model.loss(ratings, mask)
+
+
+def _wrap_ddp(objective: nn.Module, model: Autoencoder, device: torch.device) -> nn.Module:
+    """DDP around the objective. Buffers are statistics of the data, identical on every rank,
+    so they are not re-broadcast each step; unused-parameter detection is on only when a loss
+    weight of zero leaves a head out of the graph."""
+    cfg = model.config
+    skips_a_head = cfg.rating_weight == 0 or (
+        cfg.ranking_loss != "none" and cfg.ranking_weight == 0
+    )
+    ddp_args = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in ddp_args
+        else {"broadcast_buffers": False}
+    )
+    return nn.parallel.DistributedDataParallel(
+        objective,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=skips_a_head,
+        **sync,  # type: ignore[arg-type]
+    )
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -443,12 +466,7 @@ def _fit(
     model = Autoencoder.from_data(train, config.model).to(device)
     objective: nn.Module = _Objective(model)
     if d.active:
-        objective = nn.parallel.DistributedDataParallel(
-            objective,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
-            find_unused_parameters=True,
-        )
+        objective = _wrap_ddp(objective, model, device)
     optimizer = make_optimizer(model, config)
     key, higher = monitor_key(model, config)
     total_steps = config.epochs * _n_batches(train, config, d)
