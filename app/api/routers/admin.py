@@ -60,7 +60,7 @@ def model_out(version: ModelVersion) -> ModelOut:
     "/retrain",
     status_code=202,
     summary="Queue a retraining (run by a worker process)",
-    responses=problem_responses(*AUTH, 409, 413, 422, 503),
+    responses=problem_responses(*AUTH, 400, 409, 413, 422, 503),
 )
 async def retrain(
     session: SessionDep, settings: SettingsDep, body: RetrainRequest | None = None

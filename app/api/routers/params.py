@@ -24,7 +24,7 @@ def parse_ids(value: str | None, field: str) -> tuple[int, ...]:
         raise InvalidInputError(f"{field}: at most {MAX_LIST} ids", field=field)
     ids: list[int] = []
     for part in parts:
-        if not part.isdigit() or int(part) > MAX_ID:
+        if not (part.isascii() and part.isdigit()) or len(part) > 10 or int(part) > MAX_ID:
             raise InvalidInputError(
                 f"{field}: {part!r} is not a movie id (comma-separated integers)", field=field
             )

@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 @router.post(
     "",
     summary="Recommendations for a visitor's ratings (folded in, not stored)",
-    responses=problem_responses(413, 422, 503),
+    responses=problem_responses(400, 413, 422, 503),
 )
 async def visitor_recommendations(
     body: VisitorRequest, state: StateDep, metrics: MetricsDep, response: Response

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from app.api.schemas.common import UtcDatetime
 
 
 class RetrainRequest(BaseModel):
@@ -30,10 +31,10 @@ class JobOut(BaseModel):
     message: str | None = Field(description="Outcome, e.g. why the new model was not activated.")
     model_version_id: int | None = Field(description="The version the job produced, if any.")
     worker_id: str | None = Field(description="The worker that ran the job.")
-    created_at: datetime | None = Field(description="When the job was queued.")
-    started_at: datetime | None = Field(description="When a worker claimed it.")
-    finished_at: datetime | None = Field(description="When it ended.")
-    heartbeat_at: datetime | None = Field(description="The worker's last sign of life.")
+    created_at: UtcDatetime | None = Field(description="When the job was queued.")
+    started_at: UtcDatetime | None = Field(description="When a worker claimed it.")
+    finished_at: UtcDatetime | None = Field(description="When it ended.")
+    heartbeat_at: UtcDatetime | None = Field(description="The worker's last sign of life.")
 
 
 class JobPage(BaseModel):
@@ -45,8 +46,8 @@ class ModelOut(BaseModel):
     id: int = Field(description="Version id (the `model_version` of responses).")
     status: str = Field(description="registered, active, retired or failed.")
     is_active: bool = Field(description="True for the one version serving.")
-    created_at: datetime | None = Field(description="When the version was registered.")
-    activated_at: datetime | None = Field(description="When it was last activated.")
+    created_at: UtcDatetime | None = Field(description="When the version was registered.")
+    activated_at: UtcDatetime | None = Field(description="When it was last activated.")
     path: str = Field(description="Checkpoint folder.")
     sha256: str = Field(description="Checksum of the weights.")
     metrics: dict[str, Any] = Field(description="Validation metrics recorded at training.")

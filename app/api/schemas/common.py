@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 MAX_ID = 2_147_483_647  # ids are 32-bit integers in the store
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Times are stored in UTC; SQLite hands them back without an offset, so add it."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class Problem(BaseModel):
@@ -24,6 +33,7 @@ class Problem(BaseModel):
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
     for code, text in (
+        (400, "Malformed request body"),
         (404, "Not found"),
         (409, "Conflict"),
         (413, "Request body too large"),

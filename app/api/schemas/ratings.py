@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, Field
+
+from app.api.schemas.common import UtcDatetime
 
 
 class RatingIn(BaseModel):
@@ -17,7 +17,7 @@ class RatingOut(BaseModel):
     user_id: int = Field(description="Who rated.")
     movie_id: int = Field(description="The rated movie.")
     rating: float = Field(description="The rating, 0.5 to 5.")
-    rated_at: datetime = Field(description="When the rating was last set.")
+    rated_at: UtcDatetime = Field(description="When the rating was last set.")
 
 
 class RatingPage(BaseModel):
