@@ -71,6 +71,7 @@ class ModelConfig:
     wide: bool = True  # item × item linear path (zero diagonal) on the binary row → ranking
     wide_lambda: float = 500.0  # L2 of the closed-form EASE solution that initialises it
     wide_trainable: bool = False  # fine-tune the wide path (else it stays the EASE solution)
+    wide_gain: float = 1.0  # initial value of the learned scale of the wide path's logits
     wide_max_items: int = 8000  # no wide path above this catalogue size (I × I weights)
     ranking_loss: str = "multinomial"  # "multinomial", "weighted_mse" or "none"
     negative_weight: float = 0.1  # weighted_mse: weight of an unrated movie vs a rated one
@@ -191,11 +192,19 @@ class Autoencoder(nn.Module):
         )
         self.rating_head = nn.Linear(first, n_items)
         self.ranking_head = nn.Linear(first, n_items) if config.ranking_loss != "none" else None
+        if self.ranking_head is not None and self._has_wide():
+            # The deep ranking path starts silent: training begins at the EASE ranking and the
+            # deep stack only adds what the validation data rewards.
+            nn.init.zeros_(self.ranking_head.weight)
+            nn.init.zeros_(self.ranking_head.bias)
         self.wide = (
             nn.Parameter(torch.zeros(n_items, n_items), requires_grad=config.wide_trainable)
             if self._has_wide()
             else None
         )
+        # Learned gain of the wide path: the multinomial objective wants sharper logits than the
+        # least-squares EASE solution gives.
+        self.wide_gain = nn.Parameter(torch.tensor(config.wide_gain)) if self._has_wide() else None
 
     def _has_wide(self) -> bool:
         cfg = self.config
@@ -338,7 +347,7 @@ class Autoencoder(nn.Module):
             return pred, pred
         scores = self.ranking_head(h)  # (B, I)
         if wide is not None:
-            scores = scores + wide
+            scores = scores + self.wide_gain * wide
         return pred, scores
 
     # -------------------------------------------------------------------- objective
