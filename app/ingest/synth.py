@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
 from app.ingest.formats import GENRES_100K
@@ -383,10 +385,12 @@ def write_csv(cfg: SynthConfig, out: Path, progress: bool = True) -> tuple[Path,
         writer.writerow(["movie_id", "title", "genres"])
         for movie_id, title, year, genres in movies.itertuples(index=False):
             writer.writerow([movie_id, f"{title} ({year})", genres])
-    with ratings_path.open("w", newline="", encoding="utf-8") as stream:
-        stream.write("user_id,movie_id,rating,timestamp\n")
+    options = pa_csv.WriteOptions(include_header=False)
+    with ratings_path.open("wb") as stream:
+        stream.write(b"user_id,movie_id,rating,timestamp\n")
         for chunk in _progress(chunks, cfg.ratings, progress):
-            chunk[["user_id", "movie_id", "rating", "timestamp"]].to_csv(
-                stream, header=False, index=False, lineterminator="\n"
+            table = pa.Table.from_pandas(
+                chunk[["user_id", "movie_id", "rating", "timestamp"]], preserve_index=False
             )
+            pa_csv.write_csv(table, stream, options)  # C++ writer: ~10x pandas' to_csv
     return movies_path, ratings_path

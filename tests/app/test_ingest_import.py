@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from psycopg.errors import IntegrityError
+from sqlalchemy import text
 
+from app.db.session import make_engine
+from app.ingest import loader
 from app.ingest.errors import IngestError
 from app.ingest.formats import custom_csv, detect
 from app.ingest.importer import ImportSummary, import_dataset
@@ -179,3 +184,51 @@ def test_skip_invalid_counts_beyond_the_examples(database, tmp_path: Path) -> No
 def test_blank_lines_are_ignored(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     summary = run(database.url, tmp_path, ["1,1,3.0,100", "", "2,1,4.0,100", ""], GOOD_MOVIES)
     assert summary.written.ratings_added == 2
+
+
+def ratings_keys(url: str) -> list[tuple[str, str]]:
+    """Constraints and indexes of the ratings table, as PostgreSQL defines them."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                    "WHERE conrelid = 'ratings'::regclass UNION ALL "
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'ratings' "
+                    "ORDER BY 1"
+                )
+            )
+            return [(row[0], row[1]) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def test_postgres_bulk_first_load_rebuilds_keys_as_they_were(  # type: ignore[no-untyped-def]
+    database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if database.backend != "postgresql":
+        pytest.skip("the bulk path is PostgreSQL's")
+    monkeypatch.setattr(loader, "BULK_MIN_ROWS", 1)
+    keys = ratings_keys(database.url)
+    assert len(keys) == 6  # key, two foreign keys, check; the key's index and the movie_id index
+
+    lines = ["1,1,3.0,2000", "1,1,4.0,1000", "1,2,1.0,1000", "1,2,4.5,1000", "2,3,2.0,500"]
+    summary = run(database.url, tmp_path, lines, GOOD_MOVIES)
+    assert snapshot(database.url)[2] == {
+        (1, 1): (3.0, 2000),
+        (1, 2): (4.5, 1000),
+        (2, 3): (2.0, 500),
+    }
+    assert summary.written.ratings_added == 3
+    assert ratings_keys(database.url) == keys
+
+    # A failure while the keys are rebuilt rolls everything back, keys included.
+    database.reset()
+    chunk = pd.DataFrame({"user_id": [1], "movie_id": [404], "rating": [3.0], "timestamp": [1],
+                          "line": [2]})  # fmt: skip
+    with pytest.raises(IntegrityError), loader.open_writer(database.url) as writer:
+        writer.write_ratings(chunk)  # a movie that does not exist: the foreign key refuses it
+        writer.finish()
+    assert ratings_keys(database.url) == keys
+    assert snapshot(database.url) == ({}, {}, {})
