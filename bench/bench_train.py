@@ -1,0 +1,227 @@
+"""Training benchmark: throughput against the matmul ceiling, and an epoch at MovieLens-32M scale.
+
+``python bench/bench_train.py throughput [--database-url URL | --users U --movies M --ratings R]``
+    Trains a fixed number of batches of the default model and reports users/s and the achieved
+    GFLOP/s (matmul FLOPs of forward + backward, counted by ``torch.utils.flop_counter``), beside
+    a plain ``torch.mm`` over the same matrix shapes timed in the same run as the attainable
+    ceiling, and their ratio.
+
+``python bench/bench_train.py scale --database-url URL [--batches N]``
+    Loads the store (e.g. 200,000 users x 87,000 movies x 32 million ratings made by
+    ``movierec data synth``) with ``ml.data.load_ratings``, times the load, times ``N`` training
+    batches and extrapolates the time of one epoch, and reports the peak resident memory of the
+    process. Without ``--database-url`` the CSR is generated directly with numpy (say so when
+    reporting).
+
+Both print one JSON object; nothing is written elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ml.data import densify, load_ratings
+from ml.inference import resolve_device
+from ml.model import Autoencoder, ModelConfig
+from ml.train import TrainConfig, make_optimizer
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def synthetic_csr(n_users: int, n_items: int, n_ratings: int, seed: int = 0) -> sp.csr_matrix:
+    """A popularity-skewed random ratings CSR built with numpy alone (no store)."""
+    rng = np.random.default_rng(seed)
+    per_user = rng.multinomial(n_ratings, np.full(n_users, 1.0 / n_users))
+    per_user = np.minimum(per_user, n_items)
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    popularity /= popularity.sum()
+    indptr = np.concatenate(([0], np.cumsum(per_user))).astype(np.int64)
+    cols = np.empty(indptr[-1], dtype=np.int32)
+    for u in range(n_users):  # one row at a time: distinct movies per user
+        a, b = indptr[u], indptr[u + 1]
+        if b > a:
+            cols[a:b] = np.sort(
+                rng.choice(n_items, size=b - a, replace=False, p=popularity)
+                if b - a < n_items // 4
+                else rng.permutation(n_items)[: b - a]
+            )
+    data = (rng.integers(1, 11, size=len(cols)) / 2).astype(np.float32)
+    return sp.csr_matrix((data, cols, indptr), shape=(n_users, n_items))
+
+
+def matmul_shapes(model: Autoencoder, batch: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every matmul a training step does on the 2-D weights of ``model``:
+    forward (B x a)(a x b); for trainable weights also the weight and input gradients."""
+    shapes: list[tuple[int, int, int]] = []
+    for p in model.parameters():
+        if p.dim() != 2:
+            continue
+        a, b = p.shape
+        shapes.append((batch, a, b))
+        if p.requires_grad:
+            shapes.append((a, batch, b))
+            shapes.append((batch, b, a))
+    return shapes
+
+
+def matmul_ceiling(shapes: list[tuple[int, int, int]], device: torch.device, repeat: int) -> float:
+    """GFLOP/s of plain ``torch.mm`` over ``shapes``, operands allocated once."""
+    operands = [
+        (torch.randn(m, k, device=device), torch.randn(k, n, device=device)) for m, k, n in shapes
+    ]
+    flops = sum(2.0 * m * k * n for m, k, n in shapes) * repeat
+    for a, b in operands:  # warm-up
+        torch.mm(a, b)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for a, b in operands:
+            torch.mm(a, b)
+    _sync(device)
+    return flops / (time.perf_counter() - start) / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_flops(model: Autoencoder, x: torch.Tensor, m: torch.Tensor) -> int:
+    """Matmul FLOPs of one forward + backward of the training objective."""
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = model.loss(x, m)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def time_batches(
+    model: Autoencoder, train: sp.csr_matrix, config: TrainConfig, n_batches: int, device
+) -> tuple[float, int]:
+    """Seconds for ``n_batches`` full training steps (densify, loss, backward, AdamW)."""
+    optimizer = make_optimizer(model, config)
+    rng = np.random.default_rng(0)
+    users = np.flatnonzero(np.diff(train.indptr) > 0)
+    model.train()
+    x, m = densify(train, rng.choice(users, config.batch_size, replace=False), device)
+    loss, _ = model.loss(x, m)  # warm-up step, not timed
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        rows = rng.choice(users, config.batch_size, replace=False)
+        x, m = densify(train, rows, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, _ = model.loss(x, m)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    return time.perf_counter() - start, n_batches * config.batch_size
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    if args.database_url:
+        train = load_ratings(args.database_url).matrix
+        source = "store"
+    else:
+        train = synthetic_csr(args.users, args.movies, args.ratings)
+        source = "numpy synthetic"
+    config = TrainConfig(batch_size=args.batch_size, device=str(device))
+    torch.manual_seed(0)
+    model = Autoencoder.from_data(train, ModelConfig()).to(device)
+    x, m = densify(train, np.arange(min(config.batch_size, train.shape[0])), device)
+    flops = step_flops(model, x, m)
+    seconds, users = time_batches(model, train, config, args.batches, device)
+    achieved = flops * args.batches / seconds / 1e9
+    ceiling = matmul_ceiling(matmul_shapes(model, config.batch_size), device, repeat=3)
+    return {
+        "mode": "throughput",
+        "data": source,
+        "shape": list(train.shape),
+        "ratings": int(train.nnz),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "batch_size": config.batch_size,
+        "batches": args.batches,
+        "users_per_s": users / seconds,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflops": achieved,
+        "matmul_ceiling_gflops": ceiling,
+        "ratio": achieved / ceiling,
+    }
+
+
+def scale(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    if args.database_url:
+        train = load_ratings(args.database_url).matrix
+        source = "store (load_ratings)"
+    else:
+        train = synthetic_csr(args.users, args.movies, args.ratings)
+        source = "numpy synthetic (no store)"
+    load_s = time.perf_counter() - start
+    rss_after_load = peak_rss_gib()
+    config = TrainConfig(batch_size=args.batch_size, device=str(device))
+    torch.manual_seed(0)
+    build_start = time.perf_counter()
+    model = Autoencoder.from_data(train, ModelConfig()).to(device)
+    build_s = time.perf_counter() - build_start
+    seconds, users = time_batches(model, train, config, args.batches, device)
+    n_users = int((np.diff(train.indptr) > 0).sum())
+    batches_per_epoch = int(np.ceil(n_users / config.batch_size))
+    return {
+        "mode": "scale",
+        "data": source,
+        "shape": list(train.shape),
+        "ratings": int(train.nnz),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "load_s": load_s,
+        "peak_rss_after_load_gib": rss_after_load,
+        "model_build_s": build_s,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch_size": config.batch_size,
+        "timed_batches": args.batches,
+        "seconds_per_batch": seconds / args.batches,
+        "users_per_s": users / seconds,
+        "extrapolated_epoch_s": seconds / args.batches * batches_per_epoch,
+        "peak_rss_gib": peak_rss_gib(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("mode", choices=["throughput", "scale"])
+    p.add_argument("--database-url")
+    p.add_argument("--users", type=int, default=943)
+    p.add_argument("--movies", type=int, default=1682)
+    p.add_argument("--ratings", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    args = p.parse_args(argv)
+    result = throughput(args) if args.mode == "throughput" else scale(args)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
