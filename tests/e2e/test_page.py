@@ -1,0 +1,335 @@
+"""The browser page in a real Chromium against the real app.
+
+The store is built with the same commands a deployment uses (`movierec db upgrade`,
+`data import`, `train`), the app is started with `movierec serve`, and Playwright drives Debian's
+Chromium (never a downloaded browser). Without Chromium the tests are skipped locally and fail in
+CI (`CI` set).
+
+Screenshots of the main views go to pytest's temporary folder, to `artifacts/screenshots/` in CI,
+and to `docs/screenshots/` when `MOVIEREC_SCREENSHOTS=1`. `MOVIEREC_E2E_MOVIELENS=DIR` imports a
+MovieLens release instead of the tiny catalogue (for the documentation's screenshots).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.deploy.tiny_catalogue import write_catalogue
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ADMIN_TOKEN = "e2e-admin-token-0123456789"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def chromium_path() -> str:
+    """Debian's Chromium, or skip (locally) / fail (in CI) with the reason."""
+    path = os.environ.get("MOVIEREC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if Path(path).is_file():
+        return path
+    reason = "Chromium is not installed (apt-get install chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(url: str) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def run(argv: list[str], environ: dict[str, str]) -> None:
+    done = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"`{' '.join(argv)}` failed:\n{done.stdout}{done.stderr}"
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    catalogue: str  # "tiny" or the MovieLens folder imported
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited: {process.communicate()[0]}")
+        try:
+            if get_json(f"{url}/readyz")["status"] == "ready":
+                return
+        except (OSError, urllib.error.HTTPError, KeyError):
+            pass
+        time.sleep(0.3)
+    pytest.fail("the server never became ready")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A SQLite store with a catalogue and a trained model, served by `movierec serve`."""
+    chromium_path()  # skip before the expensive part when there is no browser
+    folder = tmp_path_factory.mktemp("page")
+    environ = dict(os.environ)
+    environ.update(
+        MOVIEREC_ENVIRONMENT="test",
+        MOVIEREC_DATABASE_URL=f"sqlite:///{folder / 'movierec.db'}",
+        MOVIEREC_MODEL_DIR=str(folder / "models"),
+        MOVIEREC_DATA_DIR=str(folder / "data"),
+        MOVIEREC_ADMIN_TOKEN=ADMIN_TOKEN,
+        MOVIEREC_LOG_LEVEL="WARNING",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}",
+    )
+    run(["movierec", "db", "upgrade"], environ)
+    movielens = os.environ.get("MOVIEREC_E2E_MOVIELENS")
+    if movielens:
+        run(["movierec", "data", "import", "--no-progress", movielens], environ)
+        epochs = os.environ.get("MOVIEREC_E2E_EPOCHS", "10")
+    else:
+        files = write_catalogue(folder / "catalogue")
+        run(
+            ["movierec", "data", "import", "--no-progress", "--ratings", str(files.ratings),
+             "--movies", str(files.movies)],
+            environ,
+        )  # fmt: skip
+        epochs = "4"
+    run(["movierec", "train", "--if-no-model", "--epochs", epochs], environ)
+    port = free_port()
+    process = subprocess.Popen(
+        ["movierec", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-worker"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield Server(url, movielens or "tiny")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server: Server):  # type: ignore[no-untyped-def]
+    """A fresh browser tab (empty storage) on the app; fails the test on any script error."""
+    context = browser.new_context(viewport=DESKTOP, base_url=server.url)
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    outside: list[str] = []
+    tab.on(
+        "request",
+        lambda r: (
+            None if r.url.startswith((server.url, "data:", "blob:")) else outside.append(r.url)
+        ),
+    )
+    yield tab
+    context.close()
+    assert not errors, f"script errors on the page: {errors}"
+    assert not outside, f"the page fetched from outside the app: {outside}"
+
+
+def screenshot(tab, name: str, tmp_path: Path, *, full_page: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Save a screenshot of the view: always to tmp_path, to artifacts/ in CI, to docs/ on ask."""
+    tab.mouse.move(0, 0)  # no hover effect in the picture
+    tab.wait_for_timeout(300)  # let the last list settle
+    targets = [tmp_path / f"{name}.png"]
+    if os.environ.get("CI"):
+        targets.append(ROOT / "artifacts" / "screenshots" / f"{name}.png")
+    if os.environ.get("MOVIEREC_SCREENSHOTS") == "1":
+        targets.append(ROOT / "docs" / "screenshots" / f"{name}.png")
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(target), type="png", full_page=full_page)
+    assert targets[0].stat().st_size > 0
+
+
+def list_ids(tab, testid: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return tab.eval_on_selector_all(
+        f"[data-testid={testid}] [data-movie-id]", "els => els.map(e => e.dataset.movieId)"
+    )
+
+
+def wait_list_change(tab, testid: str, before: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+    """Wait until the list shows other films than ``before``; the new ids."""
+    tab.wait_for_function(
+        """([testid, before]) => {
+            const ids = [...document.querySelectorAll(`[data-testid=${testid}] [data-movie-id]`)]
+                .map(e => e.dataset.movieId);
+            return ids.length > 0 && ids.join() !== before.join();
+        }""",
+        arg=[testid, before],
+    )
+    return list_ids(tab, testid)
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_search_and_open_a_movie_shows_similar_films(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/")
+    page.get_by_label("Search films").fill("star wars")
+    page.get_by_role("button", name="Search").click()
+    results = page.get_by_test_id("search-results")
+    results.get_by_role("link", name="Star Wars (1977)").click()
+    page.wait_for_url("**/#/movie/50")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Star Wars")
+    similar = page.get_by_test_id("recommendations").locator(":scope > li")
+    similar.first.wait_for()
+    assert similar.count() >= 3
+    assert "50" not in list_ids(page, "recommendations"), "a film is not similar to itself"
+    expect(page.get_by_test_id("model-version")).to_contain_text("Model v1")
+    screenshot(page, "movie", tmp_path)
+
+
+def test_visitor_rates_three_films_and_the_list_follows(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/#/visitor")
+    recs = page.get_by_test_id("recommendations")
+    recs.locator("li").first.wait_for()
+    expect(page.get_by_test_id("model-version")).to_contain_text("popular films")
+    ids = list_ids(page, "recommendations")
+    rated: list[str] = []
+    for stars in (5, 4, 5):
+        first = recs.locator("li").first
+        rated.append(first.get_attribute("data-movie-id") or "")
+        first.locator(f"label[title='{stars} stars']").click()
+        ids = wait_list_change(page, "recommendations", ids)
+        assert not set(rated) & set(ids), "a rated film is never recommended"
+    expect(page.get_by_test_id("model-version")).to_contain_text("personalised")
+    expect(page.get_by_test_id("visitor-ratings").locator(":scope > li")).to_have_count(3)
+    predicted = recs.locator(".predicted").first.inner_text()
+    assert "predicted" in predicted and 0.5 <= float(predicted.split()[-2]) <= 5
+    # Nothing was stored on the server: the ratings live in this browser only.
+    stored = page.evaluate("JSON.parse(localStorage.getItem('movierec.visitor'))")
+    assert sorted(stored) == sorted(rated)
+    screenshot(page, "visitor", tmp_path)
+
+    # The keyboard works too: arrow keys move along the radio group of stars.
+    first = page.get_by_test_id("visitor-ratings").locator("li").first
+    first.locator("input[type=radio]:checked").focus()
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function(
+        "() => Object.values(JSON.parse(localStorage.getItem('movierec.visitor')))"
+        ".some(r => r.rating === 4 || r.rating === 3)"
+    )
+
+    # Saving stores the ratings under a new user id and continues as that user.
+    page.get_by_label("Save as user id").fill("900001")
+    page.get_by_role("button", name="Save as user").click()
+    page.wait_for_url("**/#/user/900001")
+    expect(page.get_by_test_id("ratings").locator(":scope > li")).to_have_count(3)
+
+
+def test_user_sees_ratings_and_filtered_recommendations(
+    page, server: Server, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ratings = get_json(f"{server.url}/v1/users/1/ratings?limit=30")
+    page.goto("/#/user/1")
+    expect(page.get_by_test_id("ratings").locator(":scope > li")).to_have_count(
+        len(ratings["items"])
+    )
+    recs = page.get_by_test_id("recommendations")
+    recs.locator("li").first.wait_for()
+    assert set(list_ids(page, "recommendations")).isdisjoint(
+        str(r["movie_id"]) for r in ratings["items"]
+    ), "rated films are never recommended"
+    screenshot(page, "user", tmp_path)
+
+    page.get_by_text("Genres", exact=True).click()
+    page.get_by_label("Comedy", exact=True).check()
+    page.get_by_text("Genres (1)", exact=True).wait_for()
+    page.wait_for_function(
+        """() => {
+            const section = document.querySelector('[data-testid=recommendations]');
+            const items = section ? [...section.querySelectorAll(':scope > li')] : [];
+            return section.closest('[aria-busy=false]') && items.length > 0 &&
+                items.every(li => li.querySelector('.chips').innerText.includes('Comedy'));
+        }""",
+    )
+
+
+def test_admin_lists_models_and_queues_a_retrain(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/#/admin")
+    page.get_by_label("Admin token").fill("not-the-token-at-all")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+    expect(page.get_by_label("Admin token")).to_be_visible()
+
+    page.get_by_label("Admin token").fill(ADMIN_TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    models = page.get_by_test_id("models")
+    expect(models.locator("tbody tr").first).to_contain_text("v1")
+    expect(models.locator("tbody tr").first).to_contain_text("active")
+    page.get_by_role("button", name="Learning curve").first.click()
+    curve = page.locator("#curve img")
+    curve.wait_for()
+    page.wait_for_function("() => document.querySelector('#curve img').naturalWidth > 0")
+
+    page.get_by_role("button", name="Retrain now").click()
+    jobs = page.get_by_test_id("jobs")
+    expect(jobs).to_contain_text("queued")  # no worker runs beside this server
+    screenshot(page, "admin", tmp_path, full_page=True)
+
+
+def test_errors_show_the_servers_detail(page) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/#/movie/999999")
+    expect(page.get_by_role("alert")).to_contain_text("movie 999999")
+
+
+def test_phone_layout_has_no_sideways_scroll(browser, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport=PHONE, base_url=server.url, is_mobile=True)
+    tab = context.new_page()
+    try:
+        tab.goto("/#/visitor")
+        tab.get_by_test_id("recommendations").locator("li").first.wait_for()
+        width = tab.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], (
+            f"the page is {width} px wide on a {PHONE['width']} px phone"
+        )
+        screenshot(tab, "phone", tmp_path)
+    finally:
+        context.close()
