@@ -159,3 +159,11 @@ def test_env_example_documents_every_setting_and_holds_no_secret() -> None:
     # Every ${VARIABLE} compose reads (other than the secrets) is documented too.
     for name in set(re.findall(r"\$\{(\w+)", COMPOSE.read_text())):
         assert name in assigned, f"{name} is used by docker-compose.yml but not documented"
+
+
+def test_deployment_guide_lists_every_setting() -> None:
+    guide = (ENV_EXAMPLE.parent / "docs" / "deployment.md").read_text()
+    for field in Settings.model_fields:
+        assert f"| `MOVIEREC_{field.upper()}` |" in guide, (
+            f"MOVIEREC_{field.upper()} not in the guide"
+        )
