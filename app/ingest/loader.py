@@ -96,6 +96,7 @@ def _movie_rows(movies: pd.DataFrame) -> list[tuple[Any, ...]]:
 # SQLite
 # --------------------------------------------------------------------------------------------
 
+SQLITE_CACHE_KIB = 256 * 1024  # page cache of the import connection
 _SQLITE_MOVIES = """
 INSERT INTO movies (id, title, year, genres) VALUES (?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET title = excluded.title, year = excluded.year,
@@ -128,10 +129,27 @@ class SqliteWriter(StoreWriter):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.cursor = conn.cursor()
+        # The default 2 MiB page cache thrashes once the ratings B-trees outgrow it.
+        self.cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
         self.cursor.execute("BEGIN")
         self.before = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
         self.movies_changed = 0
         self.ratings_changed = 0
+        self.dropped_indexes: list[str] | None = None
+
+    def _drop_indexes_of_empty_ratings(self) -> None:
+        """On a first load, drop the secondary indexes of ratings (their definitions kept) so
+        they are built once at the end instead of updated at random for every row."""
+        self.dropped_indexes = []
+        if self.before["ratings"]:
+            return
+        self.cursor.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ratings' "
+            "AND sql IS NOT NULL ORDER BY name"
+        )
+        for name, definition in self.cursor.fetchall():
+            self.cursor.execute(f'DROP INDEX "{name}"')
+            self.dropped_indexes.append(definition)
 
     def movie_ids(self) -> np.ndarray:
         self.cursor.execute("SELECT id FROM movies")
@@ -143,6 +161,8 @@ class SqliteWriter(StoreWriter):
         self.movies_changed += self.conn.total_changes - start
 
     def write_ratings(self, chunk: pd.DataFrame) -> None:
+        if self.dropped_indexes is None:
+            self._drop_indexes_of_empty_ratings()
         first = chunk.groupby("user_id", sort=False)["timestamp"].min()
         self.cursor.executemany(
             _SQLITE_USERS, zip(first.index.tolist(), first.tolist(), strict=True)
@@ -161,6 +181,8 @@ class SqliteWriter(StoreWriter):
         self.ratings_changed += self.conn.total_changes - start
 
     def finish(self) -> WriteResult:
+        for definition in self.dropped_indexes or []:
+            self.cursor.execute(definition)
         after = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
         return _result(self.before, after, self.movies_changed, self.ratings_changed)
 
