@@ -23,7 +23,7 @@ from app.api.routers import admin, health, movies, recommendations, users
 from app.config import Settings, get_settings
 from app.db.session import make_engine
 from app.observability import Metrics, ObservabilityMiddleware, configure_logging
-from app.serving import Loader, ModelHolder, load_checkpoint
+from app.serving import Loader, MicroBatcher, ModelHolder, load_checkpoint
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("movierec.app")
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     app.state.engine = engine
     app.state.sessions = sessionmaker(bind=engine, expire_on_commit=False)
     app.state.metrics = metrics
+    app.state.batcher = MicroBatcher()
     app.state.holder = ModelHolder(engine, device=settings.device, metrics=metrics, loader=loader)
     problems.install(app)
     for module in (health, movies, users, recommendations, admin):

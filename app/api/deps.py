@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.observability import Metrics
 from app.services.errors import AdminDisabledError, NotAuthenticatedError, ServiceError
-from app.serving import ModelHolder, ServingState
+from app.serving import MicroBatcher, ModelHolder, ServingState
 
 
 async def get_settings(request: Request) -> Settings:
@@ -45,6 +45,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 
 async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+async def get_batcher(request: Request) -> MicroBatcher:
+    return request.app.state.batcher  # type: ignore[no-any-return]
 
 
 async def get_holder(request: Request) -> ModelHolder:
@@ -76,6 +80,7 @@ async def require_admin(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 StateDep = Annotated[ServingState | None, Depends(get_state)]
 AdminDep = Depends(require_admin)

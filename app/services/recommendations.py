@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.repositories import ratings as ratings_repo
 from app.repositories import users as users_repo
 from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
-from app.serving import ServingState
+from app.serving import MicroBatcher, ServingState
 
 NO_MODEL_DETAIL = (
     "no model is loaded yet: train one with `movierec train` "
@@ -90,26 +90,31 @@ def _items(state: ServingState, scored: Sequence) -> list[Item]:  # type: ignore
     return out
 
 
-def recommend_from_ratings(
-    state: ServingState, ratings: Mapping[int, float], n: int, offset: int, filters: Filters
+async def recommend_from_ratings(
+    state: ServingState,
+    batcher: MicroBatcher,
+    ratings: Mapping[int, float],
+    n: int,
+    offset: int,
+    filters: Filters,
 ) -> Recommendations:
     """Top ``n`` after ``offset`` for a rating row; popular films when the row is empty.
 
-    Rated movies are never returned (the recommender masks them; they are also excluded here).
+    Rated movies are never returned. The forward pass is shared with the requests of the same
+    event-loop turn (``MicroBatcher``).
     """
     allowed = _allowed(state, filters)
     if not ratings:
         scored = list(state.recommender.popular(n + offset, allowed=allowed))[offset:]
         return Recommendations(state.version_id, "popular", _items(state, scored))
-    scored = state.recommender.recommend(
-        ratings, n=n, offset=offset, exclude=tuple(ratings), allowed=allowed
-    )
-    return Recommendations(state.version_id, "model", _items(state, scored))
+    ranked = await batcher.top(state.recommender, ratings, n + offset, allowed)
+    return Recommendations(state.version_id, "model", _items(state, ranked[offset:]))
 
 
-def recommend_for_user(
+async def recommend_for_user(
     session: Session,
     state: ServingState | None,
+    batcher: MicroBatcher,
     user_id: int,
     n: int,
     offset: int,
@@ -119,11 +124,12 @@ def recommend_for_user(
     ratings = ratings_repo.for_user(session, user_id)
     if not ratings and not users_repo.exists(session, user_id):
         raise NotFoundError(f"user {user_id} does not exist", user_id=user_id)
-    return recommend_from_ratings(require_state(state), ratings, n, offset, filters)
+    return await recommend_from_ratings(require_state(state), batcher, ratings, n, offset, filters)
 
 
-def recommend_for_visitor(
+async def recommend_for_visitor(
     state: ServingState | None,
+    batcher: MicroBatcher,
     ratings: Sequence[tuple[int, float]],
     n: int,
     offset: int,
@@ -136,7 +142,7 @@ def recommend_for_visitor(
         raise InvalidInputError(
             f"ratings name movies that are not in the catalogue: {unknown}", movie_ids=unknown
         )
-    return recommend_from_ratings(live, dict(ratings), n, offset, filters)
+    return await recommend_from_ratings(live, batcher, dict(ratings), n, offset, filters)
 
 
 def predict_for_user(

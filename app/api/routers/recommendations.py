@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import MetricsDep, StateDep
+from app.api.deps import BatcherDep, MetricsDep, StateDep
 from app.api.routers.users import recommendations_out
 from app.api.schemas.common import problem_responses
 from app.api.schemas.recommendations import RecommendationsOut, VisitorRequest
@@ -19,7 +19,11 @@ router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
     responses=problem_responses(400, 413, 422, 503),
 )
 async def visitor_recommendations(
-    body: VisitorRequest, state: StateDep, metrics: MetricsDep, response: Response
+    body: VisitorRequest,
+    state: StateDep,
+    batcher: BatcherDep,
+    metrics: MetricsDep,
+    response: Response,
 ) -> RecommendationsOut:
     filters = rec_service.Filters(
         genres=tuple(g.strip() for g in body.genres if g.strip()),
@@ -28,7 +32,9 @@ async def visitor_recommendations(
         exclude=tuple(body.exclude),
     )
     ratings = [(r.movie_id, r.rating) for r in body.ratings]
-    result = rec_service.recommend_for_visitor(state, ratings, body.n, body.offset, filters)
+    result = await rec_service.recommend_for_visitor(
+        state, batcher, ratings, body.n, body.offset, filters
+    )
     metrics.recommendations.labels(result.source).inc()
     response.headers["X-Model-Version"] = str(result.model_version)
     return recommendations_out(None, result)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from app.api.deps import MetricsDep, SessionDep, StateDep
+from app.api.deps import BatcherDep, MetricsDep, SessionDep, StateDep
 from app.api.routers.params import parse_ids, parse_names
 from app.api.schemas.common import MAX_ID, problem_responses
 from app.api.schemas.ratings import RatingIn, RatingOut, RatingPage
@@ -55,6 +55,7 @@ def rating_out(rating: Rating) -> RatingOut:
 async def user_recommendations(
     session: SessionDep,
     state: StateDep,
+    batcher: BatcherDep,
     metrics: MetricsDep,
     response: Response,
     user_id: UserId,
@@ -75,7 +76,9 @@ async def user_recommendations(
         year_max=year_max,
         exclude=parse_ids(exclude, "exclude"),
     )
-    result = rec_service.recommend_for_user(session, state, user_id, n, offset, filters)
+    result = await rec_service.recommend_for_user(
+        session, state, batcher, user_id, n, offset, filters
+    )
     metrics.recommendations.labels(result.source).inc()
     response.headers["X-Model-Version"] = str(result.model_version)
     return recommendations_out(user_id, result)
