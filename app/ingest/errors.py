@@ -44,6 +44,15 @@ class Problems:
         if len(self.examples) < self.keep:
             self.examples.append(error)
 
+    def mark(self) -> tuple[int, int]:
+        """A point to come back to with :meth:`rewind`."""
+        return self.count, len(self.examples)
+
+    def rewind(self, mark: tuple[int, int]) -> None:
+        """Forget what was recorded since ``mark`` (before reading the same input again)."""
+        self.count = mark[0]
+        del self.examples[mark[1] :]
+
     def room(self) -> int:
         """How many more examples are worth describing (at least one, to raise it)."""
         return max(1, self.keep - len(self.examples))

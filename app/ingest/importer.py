@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pandas as pd
 
 from app.ingest.errors import IngestError, Problems
 from app.ingest.formats import BLOCK_BYTES, Dataset, custom_csv, detect, iter_rating_chunks
-from app.ingest.loader import StoreWriter, WriteResult, open_writer
+from app.ingest.loader import RestartStaged, StoreWriter, WriteResult, open_writer
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,16 @@ def import_dataset(
         if movies is not None:
             known = np.union1d(known, movies["movie_id"].to_numpy())
             writer.write_movies(movies)
-        chunks = iter_rating_chunks(
-            dataset, known, problems, now, progress=progress, block_bytes=block_bytes
-        )
-        read = write_chunks(writer, chunks)
-        written = writer.finish()
+
+        mark = problems.mark()
+
+        def chunks() -> Iterator[pd.DataFrame]:
+            problems.rewind(mark)  # a second pass must not count the same lines twice
+            return iter_rating_chunks(
+                dataset, known, problems, now, progress=progress, block_bytes=block_bytes
+            )
+
+        read, written = load_ratings(writer, chunks)
     return ImportSummary(
         release=dataset.release,
         written=written,
@@ -99,3 +104,16 @@ def write_chunks(writer: StoreWriter, chunks: Iterable[pd.DataFrame]) -> int:
         writer.write_ratings(chunk)
         total += len(chunk)
     return total
+
+
+def load_ratings(
+    writer: StoreWriter, chunks: Callable[[], Iterable[pd.DataFrame]]
+) -> tuple[int, WriteResult]:
+    """Write every chunk and merge; when the writer asks (a duplicate pair met by the fast
+    first-load path), stream the chunks a second time. Returns (ratings read, result)."""
+    read = write_chunks(writer, chunks())
+    try:
+        return read, writer.finish()
+    except RestartStaged:
+        read = write_chunks(writer, chunks())
+        return read, writer.finish()

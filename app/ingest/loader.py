@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg
 from psycopg import sql
 
 from app.db.session import make_engine
@@ -30,22 +31,8 @@ from app.db.session import make_engine
 PG_EPOCH_OFFSET = 946_684_800  # seconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch
 _PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _PG_TRAILER = b"\xff\xff"
-# One staged rating in PostgreSQL's binary COPY format: a field count, then (length, value).
-_PG_ROW = np.dtype(
-    [
-        ("fields", ">i2"),
-        ("user_len", ">i4"),
-        ("user_id", ">i4"),
-        ("movie_len", ">i4"),
-        ("movie_id", ">i4"),
-        ("rating_len", ">i4"),
-        ("rating", ">f8"),
-        ("time_len", ">i4"),
-        ("rated_at", ">i8"),  # microseconds since 2000-01-01 UTC
-        ("line_len", ">i4"),
-        ("line", ">i8"),
-    ]
-)
+# Binary COPY field types: numpy big-endian layout of each PostgreSQL type.
+_PG_BINARY = {"int4": ">i4", "int8": ">i8", "float8": ">f8", "timestamptz": ">i8"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +63,8 @@ class StoreWriter(ABC):
 
     @abstractmethod
     def finish(self) -> WriteResult:
-        """Complete the merge and count what changed (the caller commits)."""
+        """Complete the merge and count what changed (the caller commits). May raise
+        :class:`RestartStaged` once: then the same chunks must be written again."""
 
 
 def _movie_rows(movies: pd.DataFrame) -> list[tuple[Any, ...]]:
@@ -267,14 +255,14 @@ ORDER BY i.relname
 """
 
 
-@contextmanager
-def _ratings_keys_rebuilt(cursor: Any) -> Iterator[None]:
-    """Drop the key, foreign keys and indexes of ``ratings``, and recreate them afterwards from
-    their own catalogue definitions (so they come back exactly as the migrations made them).
+def _drop_ratings_keys(cursor: Any) -> Callable[[], None]:
+    """Drop the key, foreign keys and indexes of ``ratings``; the returned function recreates
+    them from their own catalogue definitions (so they come back exactly as the migrations
+    made them), the primary key first.
 
-    Building a B-tree once over sorted rows and validating a foreign key with one join are
+    Building a B-tree once over the loaded rows and validating a foreign key with one join are
     several times faster than maintaining them row by row. It all happens inside the import
-    transaction: any failure restores them untouched.
+    transaction: a failure restores them untouched.
     """
     constraints = cursor.execute(_PG_RATINGS_CONSTRAINTS).fetchall()
     indexes = cursor.execute(_PG_RATINGS_INDEXES).fetchall()
@@ -284,13 +272,16 @@ def _ratings_keys_rebuilt(cursor: Any) -> Iterator[None]:
         cursor.execute(
             sql.SQL("ALTER TABLE ratings DROP CONSTRAINT {}").format(sql.Identifier(name))
         )
-    yield
-    for name, definition in constraints[:1]:  # the primary key before the secondary indexes
-        cursor.execute(_add_constraint(name, definition))
-    for _, definition in indexes:
-        cursor.execute(sql.SQL(definition))
-    for name, definition in constraints[1:]:
-        cursor.execute(_add_constraint(name, definition))
+
+    def rebuild() -> None:
+        for name, definition in constraints[:1]:  # the primary key
+            cursor.execute(_add_constraint(name, definition))
+        for _, definition in indexes:
+            cursor.execute(sql.SQL(definition))
+        for name, definition in constraints[1:]:
+            cursor.execute(_add_constraint(name, definition))
+
+    return rebuild
 
 
 def _add_constraint(name: str, definition: str) -> sql.Composed:
@@ -299,22 +290,64 @@ def _add_constraint(name: str, definition: str) -> sql.Composed:
     )
 
 
-def encode_copy_binary(chunk: pd.DataFrame) -> bytes:
-    """A chunk of ratings as one PostgreSQL binary COPY payload, built without a Python loop."""
-    rows = np.empty(len(chunk), dtype=_PG_ROW)
-    rows["fields"] = 5
-    rows["user_len"] = rows["movie_len"] = 4
-    rows["rating_len"] = rows["time_len"] = rows["line_len"] = 8
-    rows["user_id"] = chunk["user_id"].to_numpy()
-    rows["movie_id"] = chunk["movie_id"].to_numpy()
-    rows["rating"] = chunk["rating"].to_numpy()
-    rows["rated_at"] = (chunk["timestamp"].to_numpy(np.int64) - PG_EPOCH_OFFSET) * 1_000_000
-    rows["line"] = chunk["line"].to_numpy()
+def encode_copy_binary(columns: list[tuple[str, np.ndarray]]) -> bytes:
+    """Rows as one PostgreSQL binary COPY payload, built by numpy without a Python loop.
+
+    ``columns`` are ``(type, values)`` pairs, the type one of int4, int8, float8 or timestamptz
+    (given in Unix seconds). Each row is a field count, then a length and a value per field.
+    """
+    layout: list[tuple[str, str]] = [("count", ">i2")]
+    for index, (kind, _) in enumerate(columns):
+        layout += [(f"len{index}", ">i4"), (f"value{index}", _PG_BINARY[kind])]
+    rows = np.empty(len(columns[0][1]), dtype=np.dtype(layout))
+    rows["count"] = len(columns)
+    for index, (kind, values) in enumerate(columns):
+        rows[f"len{index}"] = np.dtype(_PG_BINARY[kind]).itemsize
+        if kind == "timestamptz":  # microseconds since 2000-01-01 UTC
+            values = (values.astype(np.int64) - PG_EPOCH_OFFSET) * 1_000_000
+        rows[f"value{index}"] = values
     return _PG_SIGNATURE + rows.tobytes() + _PG_TRAILER
 
 
+def rating_columns(chunk: pd.DataFrame, with_line: bool) -> list[tuple[str, np.ndarray]]:
+    """The COPY columns of a rating chunk: user, movie, rating, time (and line when staged)."""
+    columns = [
+        ("int4", chunk["user_id"].to_numpy()),
+        ("int4", chunk["movie_id"].to_numpy()),
+        ("float8", chunk["rating"].to_numpy()),
+        ("timestamptz", chunk["timestamp"].to_numpy()),
+    ]
+    if with_line:
+        columns.append(("int8", chunk["line"].to_numpy()))
+    return columns
+
+
+class RestartStaged(Exception):
+    """The direct first load met a duplicate (user, movie) pair: it was undone, and the writer
+    now expects the same chunks again, which it will merge through the staging table."""
+
+
+_PG_STAGE_USERS = """
+CREATE TEMP TABLE movierec_stage_users (id integer, created_at timestamptz) ON COMMIT DROP
+"""
+_PG_USERS_FROM_STAGE = """
+INSERT INTO users (id, created_at) SELECT id, created_at FROM movierec_stage_users
+ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at
+WHERE EXCLUDED.created_at < users.created_at
+"""
+
+
 class PostgresWriter(StoreWriter):
-    """Ratings go through ``COPY`` into a temporary table, then one set-based merge."""
+    """Two ways in, both inside the one import transaction.
+
+    - Direct (a large first load into an empty ratings table): the table's keys and indexes are
+      dropped, chunks are copied straight into ``ratings``, users are derived in numpy, and the
+      keys are rebuilt at the end. Rebuilding the primary key is what detects a duplicate
+      (user, movie) pair in the input; then everything since a savepoint is undone and
+      :class:`RestartStaged` asks for the chunks again.
+    - Staged (otherwise): chunks are copied into a temporary table and merged at the end with
+      ``INSERT ... ON CONFLICT DO UPDATE`` (newest wins, then the last line).
+    """
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -325,7 +358,9 @@ class PostgresWriter(StoreWriter):
         self.cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
         self.cursor.execute(_PG_STAGE)
         self.movies_changed = 0
-        self.staged = 0
+        self.mode: str | None = None  # "direct" or "staged", chosen at the first chunk
+        self.written = 0
+        self.first_seen: list[pd.Series] = []  # per chunk: earliest rating time per user
 
     def movie_ids(self) -> np.ndarray:
         self.cursor.execute("SELECT id FROM movies")
@@ -340,30 +375,70 @@ class PostgresWriter(StoreWriter):
         self.movies_changed += self.cursor.rowcount
         self.cursor.execute("DROP TABLE movierec_stage_movies")
 
-    def write_ratings(self, chunk: pd.DataFrame) -> None:
-        with self.cursor.copy("COPY movierec_stage_ratings FROM STDIN (FORMAT BINARY)") as copy:
-            copy.write(encode_copy_binary(chunk))
-        self.staged += len(chunk)
-
-    def _bulk_load(self) -> bool:
-        """Whether this is a large first load: then ratings is locked and must be empty."""
-        if self.before["ratings"] or self.staged < BULK_MIN_ROWS:
-            return False
+    def _choose_mode(self, first_chunk_rows: int) -> str:
+        """Direct when the first chunk is large and ratings is empty (checked under a lock)."""
+        if self.before["ratings"] or first_chunk_rows < BULK_MIN_ROWS:
+            return "staged"
         self.cursor.execute("LOCK TABLE ratings IN ACCESS EXCLUSIVE MODE")
-        return self.cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM ratings)").fetchone()[0]
+        if not self.cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM ratings)").fetchone()[0]:
+            return "staged"
+        self.cursor.execute("SAVEPOINT movierec_direct")
+        self.rebuild = _drop_ratings_keys(self.cursor)
+        return "direct"
+
+    def write_ratings(self, chunk: pd.DataFrame) -> None:
+        if self.mode is None:
+            self.mode = self._choose_mode(len(chunk))
+        if self.mode == "direct":
+            target = "ratings (user_id, movie_id, rating, rated_at)"
+            payload = encode_copy_binary(rating_columns(chunk, with_line=False))
+            self.first_seen.append(chunk.groupby("user_id", sort=False)["timestamp"].min())
+        else:
+            target = "movierec_stage_ratings"
+            payload = encode_copy_binary(rating_columns(chunk, with_line=True))
+        with self.cursor.copy(f"COPY {target} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(payload)
+        self.written += len(chunk)
 
     def finish(self) -> WriteResult:
-        self.cursor.execute("ANALYZE movierec_stage_ratings")
-        self.cursor.execute(_PG_USERS)
-        if self._bulk_load():
-            with _ratings_keys_rebuilt(self.cursor):
-                self.cursor.execute(_PG_RATINGS_BULK)
-                ratings_changed = self.cursor.rowcount
-        else:
-            self.cursor.execute(_PG_RATINGS)
-            ratings_changed = self.cursor.rowcount
+        merge = self._finish_direct if self.mode == "direct" else self._finish_staged
+        ratings_changed = merge()
         after = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
         return _result(self.before, after, self.movies_changed, ratings_changed)
+
+    def _finish_direct(self) -> int:
+        first = pd.concat(self.first_seen).groupby(level=0).min()
+        self.cursor.execute(_PG_STAGE_USERS)
+        users = [("int4", first.index.to_numpy()), ("timestamptz", first.to_numpy())]
+        with self.cursor.copy("COPY movierec_stage_users FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(encode_copy_binary(users))
+        self.cursor.execute(_PG_USERS_FROM_STAGE)
+        try:
+            self.rebuild()
+        except psycopg.errors.UniqueViolation as exc:
+            self.cursor.execute("ROLLBACK TO SAVEPOINT movierec_direct")
+            self.mode, self.written, self.first_seen = "staged", 0, []
+            raise RestartStaged from exc
+        self.cursor.execute("RELEASE SAVEPOINT movierec_direct")
+        return self.written
+
+    def _finish_staged(self) -> int:
+        self.cursor.execute("ANALYZE movierec_stage_ratings")
+        self.cursor.execute(_PG_USERS)
+        if self.written >= BULK_MIN_ROWS and self._still_empty():
+            rebuild = _drop_ratings_keys(self.cursor)
+            self.cursor.execute(_PG_RATINGS_BULK)
+            changed = int(self.cursor.rowcount)
+            rebuild()
+            return changed
+        self.cursor.execute(_PG_RATINGS)
+        return int(self.cursor.rowcount)
+
+    def _still_empty(self) -> bool:
+        if self.before["ratings"]:
+            return False
+        self.cursor.execute("LOCK TABLE ratings IN ACCESS EXCLUSIVE MODE")
+        return bool(self.cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM ratings)").fetchone()[0])
 
 
 @contextmanager

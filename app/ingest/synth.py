@@ -28,7 +28,7 @@ import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
 from app.ingest.formats import GENRES_100K
-from app.ingest.importer import write_chunks
+from app.ingest.importer import load_ratings
 from app.ingest.loader import WriteResult, open_writer
 
 GENRES = GENRES_100K[1:]  # every MovieLens genre but "unknown"
@@ -361,7 +361,7 @@ def synthesise_into_store(
     database_url: str, cfg: SynthConfig, progress: bool = True
 ) -> WriteResult:
     """Generate and stream straight into an empty store through the import writer."""
-    movies, chunks = generate(cfg)
+    movies, _ = generate(cfg)
     with open_writer(database_url) as writer:
         present = len(writer.movie_ids())
         if present:
@@ -370,8 +370,8 @@ def synthesise_into_store(
                 "overwrite them: use an empty database, or --out to write CSV files"
             )
         writer.write_movies(movies)
-        write_chunks(writer, _progress(chunks, cfg.ratings, progress))
-        return writer.finish()
+        _, result = load_ratings(writer, lambda: _progress(generate(cfg)[1], cfg.ratings, progress))
+        return result
 
 
 def write_csv(cfg: SynthConfig, out: Path, progress: bool = True) -> tuple[Path, Path]:

@@ -204,31 +204,47 @@ def ratings_keys(url: str) -> list[tuple[str, str]]:
         engine.dispose()
 
 
-def test_postgres_bulk_first_load_rebuilds_keys_as_they_were(  # type: ignore[no-untyped-def]
-    database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def bulk(database, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """PostgreSQL with the first-load fast path taken for any size."""
     if database.backend != "postgresql":
-        pytest.skip("the bulk path is PostgreSQL's")
+        pytest.skip("the first-load fast path is PostgreSQL's")
     monkeypatch.setattr(loader, "BULK_MIN_ROWS", 1)
     keys = ratings_keys(database.url)
     assert len(keys) == 6  # key, two foreign keys, check; the key's index and the movie_id index
+    return database, keys
 
-    lines = ["1,1,3.0,2000", "1,1,4.0,1000", "1,2,1.0,1000", "1,2,4.5,1000", "2,3,2.0,500"]
+
+def test_postgres_first_load_copies_directly_and_rebuilds_keys(bulk, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    database, keys = bulk
+    lines = ["1,1,3.0,2000", "1,2,4.5,1000", "2,3,2.0,500", "2,1,5.0,700"]
     summary = run(database.url, tmp_path, lines, GOOD_MOVIES)
-    assert snapshot(database.url)[2] == {
-        (1, 1): (3.0, 2000),
-        (1, 2): (4.5, 1000),
-        (2, 3): (2.0, 500),
-    }
-    assert summary.written.ratings_added == 3
+    _, users, ratings = snapshot(database.url)
+    assert ratings == {(1, 1): (3.0, 2000), (1, 2): (4.5, 1000), (2, 3): (2.0, 500),
+                       (2, 1): (5.0, 700)}  # fmt: skip
+    assert users == {1: 1000, 2: 500}
+    assert (summary.written.ratings_added, summary.written.users_added) == (4, 2)
     assert ratings_keys(database.url) == keys
 
-    # A failure while the keys are rebuilt rolls everything back, keys included.
-    database.reset()
+
+def test_postgres_first_load_with_duplicate_pairs_restarts_staged(bulk, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    database, keys = bulk
+    lines = ["1,1,3.0,2000", "1,1,4.0,1000", "1,2,1.0,1000", "1,2,4.5,1000", "2,3,2.0,500",
+             "2,3,9,500"]  # fmt: skip
+    summary = run(database.url, tmp_path, lines, GOOD_MOVIES, skip_invalid=True)
+    expected = {(1, 1): (3.0, 2000), (1, 2): (4.5, 1000), (2, 3): (2.0, 500)}
+    assert snapshot(database.url)[2] == expected
+    assert (summary.written.ratings_added, summary.ratings_read, summary.skipped) == (3, 5, 1)
+    assert [e.line for e in summary.skipped_examples] == [7]  # counted once, not per pass
+    assert ratings_keys(database.url) == keys
+
+
+def test_postgres_failure_while_rebuilding_keys_rolls_back(bulk) -> None:  # type: ignore[no-untyped-def]
+    database, keys = bulk
     chunk = pd.DataFrame({"user_id": [1], "movie_id": [404], "rating": [3.0], "timestamp": [1],
                           "line": [2]})  # fmt: skip
     with pytest.raises(IntegrityError), loader.open_writer(database.url) as writer:
-        writer.write_ratings(chunk)  # a movie that does not exist: the foreign key refuses it
+        writer.write_ratings(chunk)  # a movie that does not exist: its foreign key refuses it
         writer.finish()
     assert ratings_keys(database.url) == keys
     assert snapshot(database.url) == ({}, {}, {})
