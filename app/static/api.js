@@ -106,7 +106,7 @@ export const api = {
   models: () => request("/admin/models", { admin: true }),
   learningCurve: (v) => request(`/admin/models/${v}/learning-curve.png`, { admin: true, blob: true }),
   activate: (v) => request(`/admin/models/${v}/activate`, { method: "POST", admin: true }),
-  retrain: () => request("/admin/retrain", { method: "POST", admin: true, body: {} }),
+  retrain: (params = {}) => request("/admin/retrain", { method: "POST", admin: true, body: params }),
   jobs: () => request("/admin/jobs", { admin: true }),
 };
 

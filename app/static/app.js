@@ -580,35 +580,25 @@ function viewAdmin() {
       ),
     );
   }
+  // While a job is queued or running, the jobs list polls every 2 s; when the last one ends,
+  // the model list is reloaded once (a finished job has registered a version).
   let timer = null;
+  let wasBusy = false;
   const jobs = liveSection(
     "Training jobs",
     async () => {
-      const rows = itemsOf(await api.jobs());
+      const rows = itemsOf(await api.jobs().catch(refusedToken));
       const busy = rows.some((j) => j.status === "queued" || j.status === "running");
       clearTimeout(timer);
-      if (busy) timer = setTimeout(() => view.contains(jobs.el) && (jobs.refresh(), models.refresh()), 2000);
+      if (busy) timer = setTimeout(() => view.contains(jobs.el) && jobs.refresh(), 2000);
+      if (wasBusy && !busy) models.refresh();
+      wasBusy = busy;
       if (!rows.length) return h("p", { class: "empty" }, "No training job yet.");
       return h("div", { class: "table-wrap" }, h("table", { "data-testid": "jobs" }, h("thead", {}, h("tr", {}, ["Job", "Status", "Created", "Progress", "Model"].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, rows.map(jobRow))));
     },
     {
       id: "jobs",
-      tools: h("button", {
-        type: "button",
-        onclick: async (e) => {
-          const button = e.currentTarget;
-          button.disabled = true;
-          try {
-            const job = await api.retrain();
-            announce(`Retrain queued as job ${job.id}`);
-            jobs.refresh();
-          } catch (error) {
-            jobs.el.append(errorBox(error));
-          } finally {
-            button.disabled = false;
-          }
-        },
-      }, "Retrain now"),
+      tools: retrainForm(() => jobs.refresh()),
     },
   );
   onLeave(() => clearTimeout(timer));
@@ -621,16 +611,54 @@ function viewAdmin() {
   );
 }
 
+/** "Retrain now", with optional epochs (the preset's when empty); `queued()` after success. */
+function retrainForm(queued) {
+  const epochs = h("input", { type: "number", id: "epochs", min: "1", max: "10000", placeholder: "preset", inputmode: "numeric" });
+  const out = h("div", { role: "status" });
+  async function submit(e) {
+    e.preventDefault();
+    const button = e.currentTarget.querySelector("button");
+    button.disabled = true;
+    try {
+      const job = await api.retrain(epochs.value ? { epochs: Number(epochs.value) } : {});
+      out.replaceChildren();
+      announce(`Retrain queued as job ${job.id}`);
+      queued();
+    } catch (error) {
+      out.replaceChildren(errorBox(error));
+    } finally {
+      button.disabled = false;
+    }
+  }
+  return h(
+    "form",
+    { class: "save", onsubmit: submit },
+    h("label", { for: "epochs" }, "Epochs"),
+    epochs,
+    h("button", { type: "submit" }, "Retrain now"),
+    out,
+  );
+}
+
 function jobRow(j) {
   const p = j.progress || {};
   const fraction = p.epochs ? Math.min(1, (p.epoch || 0) / p.epochs) : j.status === "succeeded" ? 1 : 0;
   const loss = p.loss ?? p.train_loss;
-  const label = p.epochs ? `epoch ${p.epoch ?? 0} of ${p.epochs}${loss != null ? `, loss ${fmt(loss)}` : ""}` : j.message || "";
+  const ndcg = p.val?.["ndcg@10"];
+  const label = p.epochs
+    ? `epoch ${p.epoch ?? 0} of ${p.epochs}${loss != null ? `, loss ${fmt(loss)}` : ""}${ndcg != null ? `, val ndcg@10 ${fmt(ndcg)}` : ""}`
+    : "";
   return h(
     "tr",
     {},
     h("th", { scope: "row" }, `#${j.id}`),
-    h("td", {}, h("span", { class: `state ${j.status}` }, j.status), j.error ? h("p", { class: "error" }, j.error) : null),
+    h(
+      "td",
+      {},
+      h("span", { class: `state ${j.status}` }, j.status),
+      j.error ? h("p", { class: "error" }, j.error) : null,
+      j.message ? h("p", { class: "meta" }, j.message) : null,
+    ),
     h("td", {}, when(j.created_at)),
     h("td", {}, h("progress", { max: "1", value: String(fraction), "aria-label": `Job ${j.id} progress` }), h("span", { class: "meta" }, ` ${label}`)),
     h("td", {}, j.model_version_id ? `v${j.model_version_id}` : "—"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -75,10 +76,10 @@ def run(argv: list[str], environ: dict[str, str]) -> None:
 @dataclass(frozen=True)
 class Server:
     url: str
-    catalogue: str  # "tiny" or the MovieLens folder imported
+    environ: dict[str, str]  # the configuration it runs with (for a worker beside it)
 
 
-def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
+def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -89,7 +90,8 @@ def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 60) ->
         except (OSError, urllib.error.HTTPError, KeyError):
             pass
         time.sleep(0.3)
-    pytest.fail("the server never became ready")
+    process.terminate()
+    pytest.fail(f"the server never became ready:\n{process.communicate(timeout=20)[0]}")
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +134,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
-        yield Server(url, movielens or "tiny")
+        yield Server(url, environ)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -222,7 +224,7 @@ def test_search_and_open_a_movie_shows_similar_films(page, tmp_path: Path) -> No
     similar.first.wait_for()
     assert similar.count() >= 3
     assert "50" not in list_ids(page, "recommendations"), "a film is not similar to itself"
-    expect(page.get_by_test_id("model-version")).to_contain_text("Model v1")
+    expect(page.get_by_test_id("model-version")).to_have_text(re.compile(r"^Model v\d+ · "))
     screenshot(page, "movie", tmp_path)
 
 
@@ -292,7 +294,7 @@ def test_user_sees_ratings_and_filtered_recommendations(
     )
 
 
-def test_admin_lists_models_and_queues_a_retrain(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_admin_lists_models_and_follows_a_retrain(page, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     page.goto("/#/admin")
     page.get_by_label("Admin token").fill("not-the-token-at-all")
     page.get_by_role("button", name="Sign in").click()
@@ -309,9 +311,30 @@ def test_admin_lists_models_and_queues_a_retrain(page, tmp_path: Path) -> None: 
     curve.wait_for()
     page.wait_for_function("() => document.querySelector('#curve img').naturalWidth > 0")
 
+    page.get_by_label("Epochs").fill("3")
     page.get_by_role("button", name="Retrain now").click()
     jobs = page.get_by_test_id("jobs")
-    expect(jobs).to_contain_text("queued")  # no worker runs beside this server
+    expect(jobs).to_contain_text("queued")  # no worker runs beside this server yet
+    # A worker picks the job up; the page follows it by polling, without a reload.
+    worker = subprocess.run(
+        ["movierec", "worker", "--once"],
+        env=server.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    expect(jobs.locator("tbody tr").first).to_contain_text("succeeded", timeout=20_000)
+    expect(jobs.locator("tbody tr").first).to_contain_text("epoch 3 of 3")
+    expect(models.locator("tbody tr")).to_have_count(2)
+    # Activating the new version (when the gate did not already) makes it the active one.
+    activate = page.get_by_role("button", name="Activate model v2")
+    if activate.is_enabled():
+        activate.click()
+    expect(models.locator("tbody tr").filter(has_text="v2").locator(".badge")).to_have_text(
+        "active"
+    )
+    expect(page.get_by_role("button", name="Activate model v1")).to_be_enabled()
     screenshot(page, "admin", tmp_path, full_page=True)
 
 
