@@ -521,6 +521,30 @@ def parse_recbole_item(ref: FileRef, problems: Problems) -> pd.DataFrame:
 OK, FIELDS, NOT_NUMBER, BAD_ID, BAD_RATING, BAD_TIMESTAMP, UNKNOWN_MOVIE = range(7)
 
 
+class KnownIds:
+    """Membership test for ids: a boolean table indexed by id when the ids are moderate (one
+    memory read per rating), ``np.isin`` (a sort per chunk) otherwise."""
+
+    TABLE_LIMIT = 50_000_000
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = ids
+        top = int(ids.max()) if len(ids) else -1
+        self.table: np.ndarray | None = None
+        if top < self.TABLE_LIMIT:
+            self.table = np.zeros(top + 2, dtype=bool)
+            self.table[ids] = True
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """Which ``values`` (float64, possibly NaN or out of range) are known ids."""
+        if self.table is None:
+            return np.isin(values, self.ids)
+        inside = (values >= 0) & (values < len(self.table))  # NaN compares False
+        found = np.zeros(len(values), dtype=bool)
+        found[inside] = self.table[values[inside].astype(np.int64)]
+        return found
+
+
 def iter_blocks(stream: BinaryIO, size: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
     """Whole lines in blocks of about ``size`` bytes, each with the index of its first line
     relative to where the stream was when called."""
@@ -557,6 +581,7 @@ def iter_rating_chunks(
     without timestamps gets ``default_timestamp`` (the import time) on every rating.
     """
     ref, layout = dataset.ratings, dataset.layout
+    is_known = KnownIds(known_movies)
     with (
         ref.open() as stream,
         tqdm(
@@ -574,7 +599,7 @@ def iter_rating_chunks(
             first_line = 2
         for offset, block in iter_blocks(stream, block_bytes):
             bar.update(len(block))
-            chunk = _parse_block(block, first_line + offset, dataset, known_movies, problems)
+            chunk = _parse_block(block, first_line + offset, dataset, is_known, problems)
             if "timestamp" not in layout.fields:
                 chunk["timestamp"] = np.int64(default_timestamp)
             if len(chunk):
@@ -621,7 +646,7 @@ def _blank_bad_lines(data: bytes, layout: RatingsLayout, sep: str) -> tuple[byte
 
 
 def _parse_block(
-    block: bytes, first_line: int, dataset: Dataset, known_movies: np.ndarray, problems: Problems
+    block: bytes, first_line: int, dataset: Dataset, is_known: KnownIds, problems: Problems
 ) -> pd.DataFrame:
     """Parse and validate one block of whole lines; invalid lines are reported or dropped."""
     layout = dataset.layout
@@ -669,7 +694,7 @@ def _parse_block(
         ts = numbers["timestamp"]
         flag(~((ts >= 0) & (ts <= MAX_TIMESTAMP)), BAD_TIMESTAMP, "timestamp")
     movie = numbers["movie_id"]
-    flag(~np.isin(movie, known_movies), UNKNOWN_MOVIE, "movie_id")
+    flag(~is_known(movie), UNKNOWN_MOVIE, "movie_id")
     code[blank] = OK
 
     bad_rows = np.flatnonzero(code)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -82,8 +84,10 @@ def import_dataset(
 
         def chunks() -> Iterator[pd.DataFrame]:
             problems.rewind(mark)  # a second pass must not count the same lines twice
-            return iter_rating_chunks(
-                dataset, known, problems, now, progress=progress, block_bytes=block_bytes
+            return prefetch(
+                iter_rating_chunks(
+                    dataset, known, problems, now, progress=progress, block_bytes=block_bytes
+                )
             )
 
         read, written = load_ratings(writer, chunks)
@@ -95,6 +99,42 @@ def import_dataset(
         skipped_examples=list(problems.examples),
         seconds=time.perf_counter() - started,
     )
+
+
+_DONE = object()
+
+
+def prefetch(chunks: Iterator[pd.DataFrame], depth: int = 2) -> Iterator[pd.DataFrame]:
+    """Parse ahead in a thread while the caller writes: pandas' reader and numpy release the
+    GIL for most of their work, so parsing overlaps the database's work on the previous chunk.
+    Errors raised while parsing are raised here, in order."""
+    ready: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                ready.put(chunk)
+            ready.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            ready.put(exc)
+
+    worker = threading.Thread(target=produce, name="ingest-parse", daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                worker.join(0.01)
 
 
 def write_chunks(writer: StoreWriter, chunks: Iterable[pd.DataFrame]) -> int:
