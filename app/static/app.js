@@ -378,13 +378,20 @@ function viewUser(id) {
   const ratings = liveSection(
     "Your ratings",
     async () => {
-      const items = await withMovies(itemsOf(await api.userRatings(id, 30)));
+      const page = await api.userRatings(id, 30);
+      const items = await withMovies(itemsOf(page));
       if (!items.length) return h("p", { class: "empty" }, "No ratings yet: rate a recommended film.");
+      const total = page.total ?? items.length;
       return h(
-        "ul",
-        { class: "cards", "data-testid": "ratings" },
-        items.map((r) =>
-          h("li", { class: "card" }, movieLink(r), stars({ label: `Your rating for ${r.title}`, value: r.rating, onRate: (v) => rateAndRefresh(r, v) })),
+        "div",
+        {},
+        total > items.length ? h("p", { class: "meta" }, `The ${items.length} most recent of ${total}.`) : null,
+        h(
+          "ul",
+          { class: "cards", "data-testid": "ratings" },
+          items.map((r) =>
+            h("li", { class: "card" }, movieLink(r), stars({ label: `Your rating for ${r.title}`, value: r.rating, onRate: (v) => rateAndRefresh(r, v) })),
+          ),
         ),
       );
     },
