@@ -72,7 +72,10 @@ class ModelConfig:
     wide_lambda: float = 500.0  # L2 of the closed-form EASE solution that initialises it
     wide_trainable: bool = False  # fine-tune the wide path (else it stays the EASE solution)
     wide_gain: float = 1.0  # initial value of the learned scale of the wide path's logits
-    wide_max_items: int = 8000  # no wide path above this catalogue size (I × I weights)
+    wide_max_items: int = 8000  # no wide paths above this catalogue size (I × I weights)
+    wide_rating: bool = True  # item × item linear path (zero diagonal) on residuals → ratings
+    wide_rating_lambda: float = 1000.0  # L2 of its closed-form ridge solution (see from_data)
+    wide_rating_gain: float = 4.0  # initial learned scale of that path (the ridge fit shrinks)
     ranking_loss: str = "multinomial"  # "multinomial", "weighted_mse" or "none"
     negative_weight: float = 0.1  # weighted_mse: weight of an unrated movie vs a rated one
     rating_weight: float = 1.0  # weight of the masked rating MSE in the objective
@@ -113,6 +116,7 @@ class ModelConfig:
             binary_input=False,
             normalise=False,
             wide=False,
+            wide_rating=False,
             ranking_loss="none",
         )
 
@@ -154,6 +158,29 @@ def bias_statistics(train: sp.csr_matrix, item_reg: float) -> tuple[float, np.nd
     counts = np.diff(csc.indptr)  # (I,)
     sums = np.asarray(csc.sum(axis=0)).ravel() - mu * counts  # (I,)
     return mu, (sums / (counts + item_reg)).astype(np.float32)
+
+
+def residual_matrix(
+    train: sp.csr_matrix, mu: float, item_bias: np.ndarray, user_reg: float
+) -> sp.csr_matrix:
+    """Observed ratings minus the model's baseline μ + b_i + b_u (b_u shrunk by ``user_reg``,
+    computed from the row exactly as the forward pass does)."""
+    coo = sp.coo_matrix(train, dtype=np.float64)
+    dev = coo.data - mu - item_bias[coo.col]  # (nnz,)
+    counts = np.bincount(coo.row, minlength=train.shape[0])
+    user_bias = np.bincount(coo.row, dev, minlength=train.shape[0]) / (counts + user_reg)
+    return sp.csr_matrix((dev - user_bias[coo.row], (coo.row, coo.col)), shape=train.shape)
+
+
+def ridge_item_weights(resid: sp.csr_matrix, lam: float) -> np.ndarray:
+    """EASE's closed form on residual ratings: W = argmin ‖R − RW‖² + λ‖W‖², diag(W) = 0,
+    treating an unobserved residual as 0 (its expectation). (I, I) float32."""
+    gram = (resid.T @ resid).toarray()  # (I, I)
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    w = -p / np.diag(p)[None, :]
+    w[np.diag_indices_from(w)] = 0.0
+    return w.astype(np.float32)
 
 
 class Autoencoder(nn.Module):
@@ -205,6 +232,17 @@ class Autoencoder(nn.Module):
         # Learned gain of the wide path: the multinomial objective wants sharper logits than the
         # least-squares EASE solution gives.
         self.wide_gain = nn.Parameter(torch.tensor(config.wide_gain)) if self._has_wide() else None
+        has_wide_rating = (
+            config.wide_rating and config.baseline and n_items <= config.wide_max_items
+        )
+        self.wide_rating = (
+            nn.Parameter(torch.zeros(n_items, n_items), requires_grad=config.wide_trainable)
+            if has_wide_rating
+            else None
+        )
+        self.wide_rating_gain = (
+            nn.Parameter(torch.tensor(config.wide_rating_gain)) if has_wide_rating else None
+        )
 
     def _has_wide(self) -> bool:
         cfg = self.config
@@ -233,6 +271,10 @@ class Autoencoder(nn.Module):
             model.rating_max.fill_(float(train.data.max()))
             if model.wide is not None:
                 model.wide.copy_(torch.from_numpy(ease_weights(train, config.wide_lambda)))
+            if model.wide_rating is not None:
+                resid = residual_matrix(train, mu, item_bias, config.user_bias_reg)
+                weights = ridge_item_weights(resid, config.wide_rating_lambda)
+                model.wide_rating.copy_(torch.from_numpy(weights))
         return model
 
     def architecture(self) -> dict[str, Any]:
@@ -300,6 +342,13 @@ class Autoencoder(nn.Module):
             wide = F.embedding_bag(indices, self.wide, offsets, mode="sum")  # (B, I)
             diag = self.wide[indices, indices]  # (N,)
             wide = wide.index_put((seg, indices), -diag, accumulate=True)
+        if self.wide_rating is not None:
+            wide_r = F.embedding_bag(
+                indices, self.wide_rating, offsets, mode="sum", per_sample_weights=resid
+            )  # (B, I)
+            diag = self.wide_rating[indices, indices] * resid  # (N,)
+            wide_r = wide_r.index_put((seg, indices), -diag, accumulate=True)
+            base = base + self.wide_rating_gain * wide_r
         pred, scores = self._decode(h, base, wide)
         pred = pred.clamp(self.rating_min, self.rating_max)
         return pred, (pred if self.ranking_head is None else scores)
@@ -324,6 +373,10 @@ class Autoencoder(nn.Module):
         wide = None
         if self.wide is not None:
             wide = m @ self.wide - m * torch.diagonal(self.wide)  # (B, I), zero diagonal
+        if self.wide_rating is not None:
+            # (B, I) residual from the other rated movies, zero diagonal
+            wide_r = resid @ self.wide_rating - resid * torch.diagonal(self.wide_rating)
+            base = base + self.wide_rating_gain * wide_r
         return self._decode(h, base, wide)
 
     def _decode(
