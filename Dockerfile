@@ -27,8 +27,7 @@ RUN python -m venv /opt/venv
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /src
-# README.m[d]: the glob lets the build proceed before the README exists.
-COPY pyproject.toml README.m[d] alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY app ./app
 COPY ml ./ml
 COPY migrations ./migrations
