@@ -653,23 +653,55 @@ def _parse_block(
     sep = layout.sep
     if sep == "::":  # pandas' fast reader takes one-character separators only
         block, sep = block.replace(b"::", b"\t"), "\t"
-    broken: dict[int, str] = {}
+    frame, broken = _read_lenient(block, layout, sep, dataset.ratings.name, first_line)
+    columns = {role: frame[f"f{i}"] for i, role in enumerate(layout.fields) if role is not None}
+    numbers = {role: _as_float(raw) for role, raw in columns.items()}
+    # A line whose every field is empty is blank and ignored; broken lines were blanked too.
+    blank = np.all([raw.isna().to_numpy() for _, raw in frame.items()], axis=0)
+    blank[list(broken)] = False
+    code, culprit = _problem_codes(columns, numbers, blank, list(broken), is_known)
+    _report(code, culprit, broken, block, first_line, layout, sep, dataset.ratings.name, problems)
+
+    keep = (code == OK) & ~blank
+    out = pd.DataFrame(
+        {
+            "user_id": numbers["user_id"][keep].astype(np.int64),
+            "movie_id": numbers["movie_id"][keep].astype(np.int64),
+            "rating": numbers["rating"][keep],
+            "line": np.flatnonzero(keep).astype(np.int64) + first_line,
+        }
+    )
+    if "timestamp" in numbers:
+        out["timestamp"] = numbers["timestamp"][keep].astype(np.int64)
+    return out
+
+
+def _read_lenient(
+    block: bytes, layout: RatingsLayout, sep: str, name: str, first_line: int
+) -> tuple[pd.DataFrame, dict[int, str]]:
+    """The block as a frame of one row per line. When pandas refuses it (a line with too many
+    fields, undecodable bytes), the faulty lines are blanked and returned with their problem."""
     try:
-        if layout.encoding != "latin-1":
+        if layout.encoding != "latin-1":  # every byte sequence is valid latin-1
             block.decode(layout.encoding)
-        frame = _read_block(block, layout, sep)
+        return _read_block(block, layout, sep), {}
     except (UnicodeDecodeError, ParserError):
         block, broken = _blank_bad_lines(block, layout, sep)
         try:
-            frame = _read_block(block, layout, sep)
+            return _read_block(block, layout, sep), broken
         except ParserError as exc:
-            raise IngestError(dataset.ratings.name, first_line, f"cannot parse: {exc}") from exc
+            raise IngestError(name, first_line, f"cannot parse: {exc}") from exc
 
-    columns = {role: frame[f"f{i}"] for i, role in enumerate(layout.fields) if role is not None}
-    numbers = {role: _as_float(raw) for role, raw in columns.items()}
-    n = len(frame)
-    blank = np.all([raw.isna().to_numpy() for raw in frame.to_dict("series").values()], axis=0)
-    blank[list(broken)] = False
+
+def _problem_codes(
+    columns: dict[str, pd.Series],
+    numbers: dict[str, np.ndarray],
+    blank: np.ndarray,
+    broken: list[int],
+    is_known: KnownIds,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per line, the first problem found (``OK`` for none) and the field at fault."""
+    n = len(blank)
     code = np.zeros(n, dtype=np.int8)
     culprit = np.full(n, "", dtype=object)
 
@@ -679,7 +711,7 @@ def _parse_block(
         culprit[fresh] = role
 
     broken_rows = np.zeros(n, dtype=bool)
-    broken_rows[list(broken)] = True
+    broken_rows[broken] = True
     flag(broken_rows, FIELDS, "")
     for role, raw in columns.items():
         flag(raw.isna().to_numpy() & ~blank, FIELDS, role)
@@ -693,33 +725,34 @@ def _parse_block(
     if "timestamp" in numbers:
         ts = numbers["timestamp"]
         flag(~((ts >= 0) & (ts <= MAX_TIMESTAMP)), BAD_TIMESTAMP, "timestamp")
-    movie = numbers["movie_id"]
-    flag(~is_known(movie), UNKNOWN_MOVIE, "movie_id")
+    flag(~is_known(numbers["movie_id"]), UNKNOWN_MOVIE, "movie_id")
     code[blank] = OK
+    return code, culprit
 
+
+def _report(
+    code: np.ndarray,
+    culprit: np.ndarray,
+    broken: dict[int, str],
+    block: bytes,
+    first_line: int,
+    layout: RatingsLayout,
+    sep: str,
+    name: str,
+    problems: Problems,
+) -> None:
+    """Describe the first invalid lines (raising unless skipping) and count the rest."""
     bad_rows = np.flatnonzero(code)
-    if len(bad_rows):
-        lines = block.split(b"\n")
-        described = bad_rows[: problems.room()]
-        for row in described:
-            message = broken.get(int(row)) or _describe(
-                int(code[row]), str(culprit[row]), lines[row], layout, sep
-            )
-            problems.add(dataset.ratings.name, first_line + int(row), message)
-        problems.add_uncounted(len(bad_rows) - len(described))
-
-    keep = (code == OK) & ~blank
-    out = pd.DataFrame(
-        {
-            "user_id": numbers["user_id"][keep].astype(np.int64),
-            "movie_id": movie[keep].astype(np.int64),
-            "rating": rating[keep],
-            "line": np.flatnonzero(keep).astype(np.int64) + first_line,
-        }
-    )
-    if "timestamp" in numbers:
-        out["timestamp"] = numbers["timestamp"][keep].astype(np.int64)
-    return out
+    if not len(bad_rows):
+        return
+    lines = block.split(b"\n")
+    described = bad_rows[: problems.room()]
+    for row in described:
+        message = broken.get(int(row)) or _describe(
+            int(code[row]), str(culprit[row]), lines[row], layout, sep
+        )
+        problems.add(name, first_line + int(row), message)
+    problems.add_uncounted(len(bad_rows) - len(described))
 
 
 def _as_float(raw: pd.Series) -> np.ndarray:
