@@ -217,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     result = throughput(args) if args.mode == "throughput" else scale(args)
     print(json.dumps(result, indent=1))
     return 0

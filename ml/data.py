@@ -29,6 +29,7 @@ PG_COPY = (
     "TO STDOUT (FORMAT BINARY)"
 )
 FETCH_ROWS = 65_536  # rows per fetchmany on SQLite
+COPY_BUFFER = 1 << 20  # bytes of COPY output gathered before numpy parses them
 
 _PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _PG_HEADER_LEN = len(_PG_SIGNATURE) + 8  # signature, flags (int32), extension length (int32)
@@ -115,7 +116,7 @@ def _parse_copy_rows(buf: bytes | memoryview, cols: _Columns) -> int:
     n = len(buf) // _PG_ROW.itemsize
     if n == 0:
         return 0
-    rows = np.frombuffer(buf, dtype=_PG_ROW, count=n)  # the 2-byte trailer never fills a row
+    rows = np.frombuffer(memoryview(buf)[: n * _PG_ROW.itemsize], dtype=_PG_ROW)  # a copy-free view
     if np.any(rows["n_fields"] != 3) or np.any(rows["len_rating"] != 8):
         raise DataError("unexpected row layout in PostgreSQL COPY output (NULL or wrong type)")
     cols.extend(rows["user"], rows["movie"], rows["rating"])
@@ -125,25 +126,37 @@ def _parse_copy_rows(buf: bytes | memoryview, cols: _Columns) -> int:
 def parse_copy_stream(chunks: Iterable[bytes | memoryview], cols: _Columns) -> None:
     """Parse a binary ``COPY ... TO STDOUT`` stream of (int4, int4, float8) rows into ``cols``.
 
-    Chunks may split the header and rows anywhere; at most one partial row is kept between
-    chunks, so memory stays bounded by the chunk size plus the arrays.
+    libpq hands over one row per chunk, so chunks are gathered into a buffer of about
+    ``COPY_BUFFER`` bytes and parsed with numpy a buffer at a time; chunks may split the header
+    and rows anywhere. Memory stays bounded by the buffer plus the arrays.
     """
-    pending = b""
+    buf = bytearray()
     header_done = False
     for chunk in chunks:
-        pending += bytes(chunk)
-        if not header_done:
-            if len(pending) < _PG_HEADER_LEN:
-                continue
-            if not pending.startswith(_PG_SIGNATURE):
-                raise DataError("PostgreSQL COPY output lacks the binary signature")
-            (ext_len,) = struct.unpack(">i", pending[15:19])
-            pending = pending[_PG_HEADER_LEN + ext_len :]
-            header_done = True
-        used = _parse_copy_rows(pending, cols)
-        pending = pending[used:]
-    if not header_done or pending not in (b"", b"\xff\xff"):
-        raise DataError(f"truncated PostgreSQL COPY output ({len(pending)} bytes left over)")
+        buf += chunk
+        if len(buf) < COPY_BUFFER:
+            continue
+        header_done = header_done or _strip_header(buf)
+        if header_done:
+            del buf[: _parse_copy_rows(buf, cols)]
+    header_done = header_done or _strip_header(buf)
+    if header_done:
+        del buf[: _parse_copy_rows(buf, cols)]
+    if not header_done or bytes(buf) not in (b"", b"\xff\xff"):
+        raise DataError(f"truncated PostgreSQL COPY output ({len(buf)} bytes left over)")
+
+
+def _strip_header(buf: bytearray) -> bool:
+    """Remove the binary COPY header from ``buf``; False while it is not complete yet."""
+    if len(buf) < _PG_HEADER_LEN:
+        return False
+    if not buf.startswith(_PG_SIGNATURE):
+        raise DataError("PostgreSQL COPY output lacks the binary signature")
+    (ext_len,) = struct.unpack(">i", buf[15:19])
+    if len(buf) < _PG_HEADER_LEN + ext_len:
+        return False
+    del buf[: _PG_HEADER_LEN + ext_len]
+    return True
 
 
 def _read_postgres(engine: Engine, capacity: int) -> _Columns:

@@ -45,6 +45,7 @@ from ml.model import Autoencoder, ModelConfig
 EpochCallback = Callable[[dict[str, Any]], None]
 RELEVANT = 4.0  # a held-out rating >= this is relevant for NDCG (as in ml.metrics)
 TOP_K = 10
+EVAL_CELLS = 1 << 24  # largest (users x movies) block densified at once during validation
 
 
 @dataclass
@@ -309,9 +310,11 @@ def validate(
     was_training = model.training
     model.eval()
     users = np.flatnonzero(np.diff(val.indptr) > 0)[d.rank :: d.world]
+    # Bounded dense blocks: at most EVAL_CELLS cells per (B, I) tensor on large catalogues.
+    batch = max(1, min(config.eval_batch_size, EVAL_CELLS // train.shape[1]))
     sums = [0.0] * 6  # squared error, absolute error, n ratings, ndcg, recall, n ranked users
-    for start in range(0, len(users), config.eval_batch_size):
-        rows = users[start : start + config.eval_batch_size]
+    for start in range(0, len(users), batch):
+        rows = users[start : start + batch]
         x, m = densify(train, rows, device)  # (B, I)
         y, ym = densify(val, rows, device)  # (B, I)
         with _autocast(device, config):

@@ -229,6 +229,7 @@ def _recommend_one(settings: Settings, user_id: int, n: int) -> None:
 
 def _recommend_all(settings: Settings, n: int, out: Path) -> None:
     from ml.data import load_ratings, remap_columns
+    from ml.inference import BATCH
 
     rec = load_active(settings)
     data = load_ratings(settings.database_url)
@@ -238,7 +239,7 @@ def _recommend_all(settings: Settings, n: int, out: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(["user_id", "rank", "movie_id", "score"])
         batches = rec.top_n_matrix(matrix, n)
-        total = -(-matrix.shape[0] // 256)
+        total = -(-matrix.shape[0] // BATCH)
         for start, ids, scores in tqdm(batches, total=total, desc="recommend", unit="batch"):
             for b in range(ids.shape[0]):
                 user = int(data.user_ids[start + b])

@@ -85,8 +85,12 @@ def _copy_stream(rows: list[tuple[int, int, float]]) -> bytes:
     return out + struct.pack(">h", -1)
 
 
+@pytest.mark.parametrize("buffer", [16, 45, 1 << 20])
 @pytest.mark.parametrize("chunk", [1, 7, 29, 30, 31, 4096])
-def test_copy_parser_handles_any_chunking(chunk: int) -> None:
+def test_copy_parser_handles_any_chunking(
+    chunk: int, buffer: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ml.data.COPY_BUFFER", buffer)
     rows = [(i, 1000 + i, (i % 10 + 1) / 2) for i in range(200)]
     stream = _copy_stream(rows)
     cols = _Columns(4)
