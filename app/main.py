@@ -27,6 +27,7 @@ from app.serving import Loader, MicroBatcher, ModelHolder, load_checkpoint
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("movierec.app")
+POOL_SIZE = 16
 
 
 def _limit_torch_threads() -> None:
@@ -81,13 +82,15 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
         summary="Movie recommendations from a stacked autoencoder.",
         lifespan=lifespan,
     )
-    engine = make_engine(settings.database_url)
+    # Requests awaiting a shared forward pass each hold a connection: a pool large enough for
+    # a full batch avoids opening and closing overflow connections under load.
+    engine = make_engine(settings.database_url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
     metrics = Metrics()
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = sessionmaker(bind=engine, expire_on_commit=False)
     app.state.metrics = metrics
-    app.state.batcher = MicroBatcher()
+    app.state.batcher = MicroBatcher(observe=metrics.batch_size.observe)
     app.state.holder = ModelHolder(engine, device=settings.device, metrics=metrics, loader=loader)
     problems.install(app)
     for module in (health, movies, users, recommendations, admin):

@@ -72,6 +72,12 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "movierec_forward_batch_size",
+            "Recommendation requests scored together in one forward pass.",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
         self.jobs = Gauge(
             "movierec_training_jobs",
             "Training jobs by status (refreshed when metrics are scraped).",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import BatcherDep, MetricsDep, StateDep
-from app.api.routers.users import recommendations_out
+from app.api.routers.users import recommendations_response
 from app.api.schemas.common import problem_responses
 from app.api.schemas.recommendations import RecommendationsOut, VisitorRequest
 from app.services import recommendations as rec_service
@@ -15,6 +15,7 @@ router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
 @router.post(
     "",
+    response_model=RecommendationsOut,
     summary="Recommendations for a visitor's ratings (folded in, not stored)",
     responses=problem_responses(400, 413, 422, 503),
 )
@@ -23,8 +24,7 @@ async def visitor_recommendations(
     state: StateDep,
     batcher: BatcherDep,
     metrics: MetricsDep,
-    response: Response,
-) -> RecommendationsOut:
+) -> Response:
     filters = rec_service.Filters(
         genres=tuple(g.strip() for g in body.genres if g.strip()),
         year_min=body.year_min,
@@ -36,5 +36,4 @@ async def visitor_recommendations(
         state, batcher, ratings, body.n, body.offset, filters
     )
     metrics.recommendations.labels(result.source).inc()
-    response.headers["X-Model-Version"] = str(result.model_version)
-    return recommendations_out(None, result)
+    return recommendations_response(None, result)

@@ -38,6 +38,16 @@ def recommendations_out(
     )
 
 
+def recommendations_response(user_id: int | None, result: rec_service.Recommendations) -> Response:
+    """The hot path's answer, serialised once by Pydantic (FastAPI would validate it again)."""
+    body = recommendations_out(user_id, result).model_dump_json()
+    return Response(
+        body,
+        media_type="application/json",
+        headers={"X-Model-Version": str(result.model_version)},
+    )
+
+
 def rating_out(rating: Rating) -> RatingOut:
     return RatingOut(
         user_id=rating.user_id,
@@ -49,6 +59,7 @@ def rating_out(rating: Rating) -> RatingOut:
 
 @router.get(
     "/recommendations",
+    response_model=RecommendationsOut,
     summary="Top-N unseen movies for a user",
     responses=problem_responses(404, 422, 503),
 )
@@ -57,7 +68,6 @@ async def user_recommendations(
     state: StateDep,
     batcher: BatcherDep,
     metrics: MetricsDep,
-    response: Response,
     user_id: UserId,
     n: Annotated[int, Query(ge=1, le=100, description="How many movies.")] = 10,
     offset: Annotated[int, Query(ge=0, le=10_000, description="Top movies to skip.")] = 0,
@@ -69,7 +79,7 @@ async def user_recommendations(
     exclude: Annotated[
         str | None, Query(max_length=20_000, description="Comma list of movie ids to leave out.")
     ] = None,
-) -> RecommendationsOut:
+) -> Response:
     filters = rec_service.Filters(
         genres=parse_names(genres),
         year_min=year_min,
@@ -80,8 +90,7 @@ async def user_recommendations(
         session, state, batcher, user_id, n, offset, filters
     )
     metrics.recommendations.labels(result.source).inc()
-    response.headers["X-Model-Version"] = str(result.model_version)
-    return recommendations_out(user_id, result)
+    return recommendations_response(user_id, result)
 
 
 @router.get(

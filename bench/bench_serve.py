@@ -1,0 +1,302 @@
+"""Serving benchmark: requests/s and latency of `movierec serve` under `wrk`.
+
+For each catalogue (MovieLens-100K, and a synthetic 87,000-movie catalogue) the script builds a
+SQLite store with the project's own commands (`movierec db upgrade`, `movierec data fetch` +
+`import` or `movierec data synth`, `movierec train`), starts `movierec serve --no-worker`
+(one uvicorn worker) and measures with `wrk`, in the same run and against the same server:
+
+1. `GET /v1/ping` (a constant small JSON): the HTTP stack's ceiling;
+2. `GET /v1/users/{random id}/recommendations?n=10` at full load (ids drawn in a Lua script from
+   the users who have ratings);
+3. the same at half the measured maximum rate, paced by wrk's Lua ``delay()`` hook (a
+   closed-loop pacing: wrk2 is not packaged here), reporting p99.
+
+Results go to ``<dir>/serve-results.json`` and a Markdown table on stdout.
+
+    python bench/bench_serve.py --dir var/bench/serve --duration 10 --connections 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+LUA_DONE = """
+done = function(summary, latency, requests)
+  local secs = summary.duration / 1e6
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout
+  io.write(string.format(
+    'RESULT {"requests": %d, "seconds": %.3f, "rps": %.1f, "p50_ms": %.3f, "p95_ms": %.3f, '
+    .. '"p99_ms": %.3f, "non_2xx": %d, "socket_errors": %d}\\n',
+    summary.requests, secs, summary.requests / secs, latency:percentile(50) / 1000,
+    latency:percentile(95) / 1000, latency:percentile(99) / 1000, summary.errors.status, errors))
+end
+"""
+
+
+@dataclass
+class Scenario:
+    """One catalogue to serve and how to build its store."""
+
+    name: str
+    folder: Path
+    setup: list[list[str]]
+    epochs: int
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.folder / 'store.db'}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "MOVIEREC_DATABASE_URL": self.url,
+                "MOVIEREC_MODEL_DIR": str(self.folder / "models"),
+                "MOVIEREC_DATA_DIR": str(self.folder / "data"),
+                "MOVIEREC_LOG_LEVEL": "WARNING",
+                "MOVIEREC_DEVICE": "cpu",
+            }
+        )
+        return env
+
+
+def run(cmd: list[str], env: dict[str, str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, env=env, check=True)
+
+
+def build_store(scenario: Scenario, rebuild: bool) -> None:
+    """Store + trained, active model; reused when present unless ``rebuild``."""
+    store = scenario.folder / "store.db"
+    if rebuild and scenario.folder.exists():
+        shutil.rmtree(scenario.folder)
+    scenario.folder.mkdir(parents=True, exist_ok=True)
+    env = scenario.env()
+    if not store.exists():
+        run(["movierec", "db", "upgrade"], env)
+        for cmd in scenario.setup:
+            run(cmd, env)
+    run(
+        ["movierec", "train", "--epochs", str(scenario.epochs), "--device", "cpu", "--if-no-model"],
+        env,
+    )
+
+
+def user_ids(scenario: Scenario, limit: int = 5000) -> list[int]:
+    with sqlite3.connect(scenario.folder / "store.db") as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT user_id FROM ratings ORDER BY user_id LIMIT ?", (limit,)
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(scenario: Scenario, port: int) -> subprocess.Popen[bytes]:
+    log = (scenario.folder / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [
+            "movierec",
+            "serve",
+            "--no-worker",
+            "--workers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=scenario.env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited; see {scenario.folder / 'serve.log'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("server not ready within 300 s")
+
+
+def write_lua(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.lua"
+    path.write_text(body + LUA_DONE)
+    return path
+
+
+def recommendations_lua(ids: list[int], delay_ms: float | None) -> str:
+    lines = [
+        "math.randomseed(12345)",
+        "local ids = {" + ",".join(map(str, ids)) + "}",
+        "request = function()",
+        '  return wrk.format("GET", "/v1/users/" .. ids[math.random(#ids)] '
+        '.. "/recommendations?n=10")',
+        "end",
+    ]
+    if delay_ms is not None:
+        lines += ["delay = function()", f"  return {delay_ms:.3f}", "end"]
+    return "\n".join(lines)
+
+
+def wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+
+
+def measure(scenario: Scenario, duration: int, connections: int) -> None:
+    port = free_port()
+    server = start_server(scenario, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        ids = user_ids(scenario)
+        ping = write_lua(
+            scenario.folder, "ping", 'request = function() return wrk.format("GET", "/v1/ping") end'
+        )
+        recs = write_lua(scenario.folder, "recs", recommendations_lua(ids, None))
+        wrk(base, recs, 3, connections)  # warm-up
+        results: dict[str, Any] = {"ping": wrk(base, ping, duration, connections)}
+        results["recommendations"] = wrk(base, recs, duration, connections)
+        half = results["recommendations"]["rps"] / 2
+        delay = connections * 1000.0 / half
+        paced = write_lua(scenario.folder, "paced", recommendations_lua(ids, delay))
+        results["half_rate"] = {
+            "target_rps": round(half, 1),
+            **wrk(base, paced, duration, connections),
+        }
+        results["ratio"] = round(results["recommendations"]["rps"] / results["ping"]["rps"], 3)
+        with urllib.request.urlopen(f"{base}/readyz") as r:
+            results["model_version"] = json.load(r)["model"]["version"]
+        scenario.results = results
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def markdown(scenarios: list[Scenario], duration: int, connections: int) -> str:
+    rows = [
+        f"wrk -t1 -c{connections} -d{duration}s; one uvicorn worker (`movierec serve --no-worker`),"
+        " SQLite store, CPU, torch 1 thread, log level WARNING.",
+        "",
+        "| catalogue | endpoint | requests/s | p50 ms | p95 ms | p99 ms | non-2xx |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in scenarios:
+        r = s.results
+        for key, label in (
+            ("ping", "GET /v1/ping (ceiling)"),
+            ("recommendations", "GET /v1/users/{id}/recommendations"),
+            ("half_rate", "recommendations at half the max rate"),
+        ):
+            m = r[key]
+            rows.append(
+                f"| {s.name} | {label} | {m['rps']:.0f} | {m['p50_ms']:.2f} | "
+                f"{m['p95_ms']:.2f} | {m['p99_ms']:.2f} | {m['non_2xx']} |"
+            )
+        rows.append(f"| {s.name} | ratio recommendations / ping | {r['ratio']:.2f} | | | | |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dir", type=Path, default=Path("var/bench/serve"))
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--catalogues", default="ml100k,synth87k")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (speed, not quality)")
+    p.add_argument("--synth-users", type=int, default=2000)
+    p.add_argument("--synth-ratings", type=int, default=200_000)
+    p.add_argument("--rebuild", action="store_true", help="rebuild stores and models")
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    known = {
+        "ml100k": Scenario(
+            "MovieLens-100K (1,682 movies)",
+            args.dir / "ml100k",
+            [
+                [
+                    "movierec",
+                    "data",
+                    "fetch",
+                    "movielens-100k",
+                    "--dest",
+                    str(args.dir / "ml100k" / "data" / "ml-100k"),
+                ],
+                [
+                    "movierec",
+                    "data",
+                    "import",
+                    str(args.dir / "ml100k" / "data" / "ml-100k"),
+                    "--no-progress",
+                ],
+            ],
+            args.epochs,
+        ),
+        "synth87k": Scenario(
+            "synthetic (87,000 movies)",
+            args.dir / "synth87k",
+            [
+                [
+                    "movierec",
+                    "data",
+                    "synth",
+                    "--users",
+                    str(args.synth_users),
+                    "--movies",
+                    "87000",
+                    "--ratings",
+                    str(args.synth_ratings),
+                    "--seed",
+                    "0",
+                    "--no-progress",
+                ]
+            ],
+            1,
+        ),
+    }
+    scenarios = [known[name] for name in args.catalogues.split(",")]
+    for scenario in scenarios:
+        build_store(scenario, args.rebuild)
+        measure(scenario, args.duration, args.connections)
+        print(json.dumps(scenario.results, indent=2), flush=True)
+    out = args.dir / "serve-results.json"
+    out.write_text(json.dumps({s.name: asdict(s)["results"] for s in scenarios}, indent=2))
+    print(markdown(scenarios, args.duration, args.connections))
+    print(f"\nwritten {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
