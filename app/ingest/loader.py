@@ -1,10 +1,11 @@
 """Writers of validated movies and ratings into the store, all in one transaction.
 
-PostgreSQL: ratings are streamed with ``COPY ... FROM STDIN (FORMAT BINARY)`` into a temporary
-staging table (the binary rows are built by numpy, no Python object per rating) and merged at the
-end with one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``. SQLite: large ``executemany``
-batches of upserts. Either way the whole import is one transaction: an error anywhere rolls it
-back and leaves the store exactly as it was.
+PostgreSQL: ratings are streamed with ``COPY ... FROM STDIN (FORMAT BINARY)`` (rows built by
+numpy, no Python object per rating) into a temporary staging table and merged at the end with
+one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``; a large first load copies straight into
+``ratings`` with its keys rebuilt once at the end. SQLite: large ``executemany`` batches of
+upserts. Either way the whole import is one transaction: an error anywhere rolls it back and
+leaves the store exactly as it was.
 
 Merge rules, the same on both backends: a rating replaces the stored one for the same user and
 movie when it is newer (``rated_at``), or equally new with a different value; within one input
