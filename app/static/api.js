@@ -69,7 +69,11 @@ export async function withMovies(items) {
     items.map(async (item) => {
       if (item.title) return item;
       const id = item.movie_id;
-      if (!titles.has(id)) titles.set(id, request(`/movies/${id}`).catch(() => ({ title: `Movie ${id}` })));
+      if (!titles.has(id))
+        titles.set(
+          id,
+          request(`/movies/${id}`).catch(() => ({ title: `Movie ${id}` })),
+        );
       const m = await titles.get(id);
       return { ...item, title: m.title, year: m.year, genres: m.genres };
     }),
@@ -111,4 +115,4 @@ export const api = {
 };
 
 /** The list inside a response, whether the server sends `{items: [...]}` or a bare array. */
-export const itemsOf = (body) => (Array.isArray(body) ? body : body?.items ?? []);
+export const itemsOf = (body) => (Array.isArray(body) ? body : (body?.items ?? []));

@@ -78,8 +78,7 @@ const visitor = {
     local.set("movierec.visitor", all);
   },
   clear: () => local.remove("movierec.visitor"),
-  asRatings: () =>
-    Object.fromEntries(Object.entries(visitor.ratings()).map(([id, r]) => [id, r.rating])),
+  asRatings: () => Object.fromEntries(Object.entries(visitor.ratings()).map(([id, r]) => [id, r.rating])),
 };
 
 // ---------------------------------------------------------------- shared widgets
@@ -87,11 +86,20 @@ const visitor = {
 const year = (m) => (m.year ? ` (${m.year})` : "");
 
 function genreChips(genres) {
-  return h("ul", { class: "chips", "aria-label": "Genres" }, (genres || []).map((g) => h("li", {}, g)));
+  return h(
+    "ul",
+    { class: "chips", "aria-label": "Genres" },
+    (genres || []).map((g) => h("li", {}, g)),
+  );
 }
 
 function movieLink(m) {
-  return h("a", { href: `#/movie/${movieId(m)}`, class: "title" }, m.title, h("span", { class: "year" }, year(m)));
+  return h(
+    "a",
+    { href: `#/movie/${movieId(m)}`, class: "title" },
+    m.title,
+    h("span", { class: "year" }, year(m)),
+  );
 }
 
 let starGroups = 0;
@@ -117,7 +125,15 @@ function stars({ label, value = 0, onRate }) {
       group.dataset.value = String(v);
       settle(v);
     });
-    group.append(input, h("label", { for: id, title: words }, h("span", { "aria-hidden": "true" }, "★"), h("span", { class: "sr-only" }, words)));
+    group.append(
+      input,
+      h(
+        "label",
+        { for: id, title: words },
+        h("span", { "aria-hidden": "true" }, "★"),
+        h("span", { class: "sr-only" }, words),
+      ),
+    );
   }
   return group;
 }
@@ -127,7 +143,9 @@ let genreList = null;
 /** The catalogue's genres, gathered from its first page of films (the API has no list). */
 async function loadGenres() {
   if (!genreList) {
-    genreList = api.movies({ limit: 200 }).then((page) => [...new Set(itemsOf(page).flatMap((m) => m.genres || []))].sort());
+    genreList = api
+      .movies({ limit: 200 })
+      .then((page) => [...new Set(itemsOf(page).flatMap((m) => m.genres || []))].sort());
     genreList.catch(() => (genreList = null));
   }
   return genreList;
@@ -136,9 +154,29 @@ async function loadGenres() {
 /** Genres (multi-select) and a year range; `onChange(filters)` after each edit. */
 function filtersForm(filters, onChange) {
   const summary = h("summary", {}, "Genres");
-  const boxes = h("fieldset", { class: "genre-boxes" }, h("legend", { class: "sr-only" }, "Genres to include"));
-  const yearMin = h("input", { type: "number", id: "year-min", inputmode: "numeric", min: "1900", max: "2100", placeholder: "any", value: filters.year_min ?? "" });
-  const yearMax = h("input", { type: "number", id: "year-max", inputmode: "numeric", min: "1900", max: "2100", placeholder: "any", value: filters.year_max ?? "" });
+  const boxes = h(
+    "fieldset",
+    { class: "genre-boxes" },
+    h("legend", { class: "sr-only" }, "Genres to include"),
+  );
+  const yearMin = h("input", {
+    type: "number",
+    id: "year-min",
+    inputmode: "numeric",
+    min: "1900",
+    max: "2100",
+    placeholder: "any",
+    value: filters.year_min ?? "",
+  });
+  const yearMax = h("input", {
+    type: "number",
+    id: "year-max",
+    inputmode: "numeric",
+    min: "1900",
+    max: "2100",
+    placeholder: "any",
+    value: filters.year_max ?? "",
+  });
   const form = h(
     "form",
     { class: "filters", "aria-label": "Filter recommendations", onsubmit: (e) => e.preventDefault() },
@@ -173,8 +211,13 @@ function filtersForm(filters, onChange) {
 function recommendationList(body, { rate, emptyText } = {}) {
   const items = itemsOf(body);
   const source = { popular: "popular films", model: "personalised" }[body.source] ?? "nearest in the model";
-  const meta = h("p", { class: "meta", "data-testid": "model-version" }, `Model v${body.model_version} · ${source}`);
-  if (!items.length) return h("div", {}, meta, h("p", { class: "empty" }, emptyText || "Nothing matches these filters."));
+  const meta = h(
+    "p",
+    { class: "meta", "data-testid": "model-version" },
+    `Model v${body.model_version} · ${source}`,
+  );
+  if (!items.length)
+    return h("div", {}, meta, h("p", { class: "empty" }, emptyText || "Nothing matches these filters."));
   return h(
     "div",
     {},
@@ -189,7 +232,12 @@ function recommendationList(body, { rate, emptyText } = {}) {
           movieLink(m),
           genreChips(m.genres),
           m.predicted_rating != null
-            ? h("p", { class: "predicted" }, h("span", { "aria-hidden": "true" }, "★ "), `${m.predicted_rating.toFixed(1)} predicted`)
+            ? h(
+                "p",
+                { class: "predicted" },
+                h("span", { "aria-hidden": "true" }, "★ "),
+                `${m.predicted_rating.toFixed(1)} predicted`,
+              )
             : h("p", { class: "meta" }, `similarity ${Number(m.score).toFixed(2)}`),
           rate ? stars({ label: `Your rating for ${m.title}`, onRate: (v) => rate(m, v) }) : null,
         ),
@@ -203,8 +251,19 @@ function recommendationList(body, { rate, emptyText } = {}) {
  * Returns {el, refresh}.
  */
 function liveSection(title, load, { id, tools, footer } = {}) {
-  const body = h("div", { class: "section-body", "aria-busy": "true" }, h("p", { class: "loading" }, "Loading…"));
-  const el = h("section", { "aria-labelledby": `${id}-h` }, h("h2", { id: `${id}-h` }, title), tools, body, footer);
+  const body = h(
+    "div",
+    { class: "section-body", "aria-busy": "true" },
+    h("p", { class: "loading" }, "Loading…"),
+  );
+  const el = h(
+    "section",
+    { "aria-labelledby": `${id}-h` },
+    h("h2", { id: `${id}-h` }, title),
+    tools,
+    body,
+    footer,
+  );
   let generation = 0;
   async function refresh() {
     const mine = ++generation;
@@ -232,10 +291,19 @@ function heading(text) {
 function viewSearch(params) {
   const q = params.get("q") || "";
   const genre = params.get("genre") || "";
-  const input = h("input", { type: "search", id: "q", name: "q", value: q, placeholder: "Title, e.g. Star Wars", autocomplete: "off" });
+  const input = h("input", {
+    type: "search",
+    id: "q",
+    name: "q",
+    value: q,
+    placeholder: "Title, e.g. Star Wars",
+    autocomplete: "off",
+  });
   const select = h("select", { id: "genre", name: "genre" }, h("option", { value: "" }, "Any genre"));
   loadGenres()
-    .then((genres) => select.append(...genres.map((g) => h("option", { value: g, selected: g === genre }, g))))
+    .then((genres) =>
+      select.append(...genres.map((g) => h("option", { value: g, selected: g === genre }, g))),
+    )
     .catch(() => {});
   const form = h(
     "form",
@@ -257,7 +325,11 @@ function viewSearch(params) {
   const results = h("div", { "aria-busy": "true" });
   let offset = 0;
   const list = h("ul", { class: "cards", "data-testid": "search-results" });
-  const more = h("button", { type: "button", class: "secondary", hidden: true, onclick: () => loadPage() }, "Show more");
+  const more = h(
+    "button",
+    { type: "button", class: "secondary", hidden: true, onclick: () => loadPage() },
+    "Show more",
+  );
   const count = h("p", { class: "meta" });
 
   async function loadPage() {
@@ -291,7 +363,9 @@ async function viewMovie(id) {
     const m = await api.movie(id);
     title.textContent = m.title;
     document.title = `${m.title} · movierec`;
-    details.append(h("p", { class: "meta" }, [m.year, (m.genres || []).join(", ")].filter(Boolean).join(" · ")));
+    details.append(
+      h("p", { class: "meta" }, [m.year, (m.genres || []).join(", ")].filter(Boolean).join(" · ")),
+    );
     details.append(rateAsCurrentIdentity(m));
   } catch (error) {
     details.replaceChildren(errorBox(error));
@@ -309,7 +383,7 @@ function rateAsCurrentIdentity(movie) {
   const who = identity.get();
   if (!who) return h("p", {}, h("a", { href: "#/who" }, "Tell us who you are"), " to rate this film.");
   const status = h("span", { class: "meta", role: "status" });
-  const current = who.kind === "visitor" ? visitor.ratings()[movieId(movie)]?.rating ?? 0 : 0;
+  const current = who.kind === "visitor" ? (visitor.ratings()[movieId(movie)]?.rating ?? 0) : 0;
   const widget = stars({
     label: `Your rating for ${movie.title}`,
     value: current,
@@ -333,7 +407,13 @@ function viewWho() {
   const who = identity.get();
   view.replaceChildren(
     heading("Who are you?"),
-    who ? h("p", { class: "meta" }, who.kind === "visitor" ? "You are browsing as a visitor." : `You are user ${who.id}.`) : null,
+    who
+      ? h(
+          "p",
+          { class: "meta" },
+          who.kind === "visitor" ? "You are browsing as a visitor." : `You are user ${who.id}.`,
+        )
+      : null,
     h(
       "div",
       { class: "choices" },
@@ -355,7 +435,11 @@ function viewWho() {
         "div",
         { class: "panel" },
         h("h2", {}, "I'm new here"),
-        h("p", {}, "Rate a few films and watch the recommendations follow. Your ratings stay in this browser unless you save them."),
+        h(
+          "p",
+          {},
+          "Rate a few films and watch the recommendations follow. Your ratings stay in this browser unless you save them.",
+        ),
         h("a", { class: "button", href: "#/visitor" }, "Start as a visitor"),
       ),
     ),
@@ -385,12 +469,23 @@ function viewUser(id) {
       return h(
         "div",
         {},
-        total > items.length ? h("p", { class: "meta" }, `The ${items.length} most recent of ${total}.`) : null,
+        total > items.length
+          ? h("p", { class: "meta" }, `The ${items.length} most recent of ${total}.`)
+          : null,
         h(
           "ul",
           { class: "cards", "data-testid": "ratings" },
           items.map((r) =>
-            h("li", { class: "card" }, movieLink(r), stars({ label: `Your rating for ${r.title}`, value: r.rating, onRate: (v) => rateAndRefresh(r, v) })),
+            h(
+              "li",
+              { class: "card" },
+              movieLink(r),
+              stars({
+                label: `Your rating for ${r.title}`,
+                value: r.rating,
+                onRate: (v) => rateAndRefresh(r, v),
+              }),
+            ),
           ),
         ),
       );
@@ -431,7 +526,8 @@ function viewVisitor() {
     "Your ratings",
     async () => {
       const entries = Object.entries(visitor.ratings());
-      if (!entries.length) return h("p", { class: "empty" }, "Nothing rated yet. Rate a film below or find one by title.");
+      if (!entries.length)
+        return h("p", { class: "empty" }, "Nothing rated yet. Rate a film below or find one by title.");
       return h(
         "ul",
         { class: "cards", "data-testid": "visitor-ratings" },
@@ -443,7 +539,11 @@ function viewVisitor() {
             { class: "card" },
             movieLink(movie),
             stars({ label: `Your rating for ${r.title}`, value: r.rating, onRate: (v) => rate(movie, v) }),
-            h("button", { type: "button", class: "link", onclick: forget, "aria-label": `Remove ${r.title}` }, "Remove"),
+            h(
+              "button",
+              { type: "button", class: "link", onclick: forget, "aria-label": `Remove ${r.title}` },
+              "Remove",
+            ),
           );
         }),
       );
@@ -452,7 +552,11 @@ function viewVisitor() {
   );
   view.replaceChildren(
     heading("Visitor"),
-    h("p", { class: "lead" }, "Rate films you have seen; the list adapts after every rating. Nothing leaves this browser until you save."),
+    h(
+      "p",
+      { class: "lead" },
+      "Rate films you have seen; the list adapts after every rating. Nothing leaves this browser until you save.",
+    ),
     findToRate(rate),
     h("div", { class: "columns" }, recs.el, rated.el),
   );
@@ -460,7 +564,12 @@ function viewVisitor() {
 
 /** A title search whose results carry stars, for visitors looking for a film they know. */
 function findToRate(rate) {
-  const input = h("input", { type: "search", id: "find", placeholder: "Find a film to rate", autocomplete: "off" });
+  const input = h("input", {
+    type: "search",
+    id: "find",
+    placeholder: "Find a film to rate",
+    autocomplete: "off",
+  });
   const results = h("ul", { class: "cards compact", "aria-live": "polite" });
   const search = debounce(async () => {
     const q = input.value.trim();
@@ -468,31 +577,52 @@ function findToRate(rate) {
     try {
       const page = itemsOf(await api.movies({ q, limit: 6 }));
       results.replaceChildren(
-        ...page.map((m) => h("li", { class: "card" }, movieLink(m), stars({ label: `Your rating for ${m.title}`, onRate: (v) => rate(m, v) }))),
+        ...page.map((m) =>
+          h(
+            "li",
+            { class: "card" },
+            movieLink(m),
+            stars({ label: `Your rating for ${m.title}`, onRate: (v) => rate(m, v) }),
+          ),
+        ),
       );
     } catch (error) {
       results.replaceChildren(errorBox(error));
     }
   }, 300);
   input.addEventListener("input", search);
-  return h("section", { class: "find", "aria-label": "Find a film to rate" }, h("label", { for: "find" }, "Find a film you have seen"), input, results);
+  return h(
+    "section",
+    { class: "find", "aria-label": "Find a film to rate" },
+    h("label", { for: "find" }, "Find a film you have seen"),
+    input,
+    results,
+  );
 }
 
 /** Store the visitor's ratings under a new user id (PUT each), then continue as that user. */
 function saveAsUserForm() {
-  const input = h("input", { type: "number", id: "new-user", min: "1", required: true, value: String(100000 + Math.floor(Math.random() * 900000)) });
+  const input = h("input", {
+    type: "number",
+    id: "new-user",
+    min: "1",
+    required: true,
+    value: String(100000 + Math.floor(Math.random() * 900000)),
+  });
   const out = h("div", { role: "status" });
   async function save(e) {
     e.preventDefault();
     const ratings = visitor.ratings();
     const id = Number(input.value);
-    if (!Object.keys(ratings).length) return out.replaceChildren(errorBox(new ApiError("Rate at least one film first.", 0)));
+    if (!Object.keys(ratings).length)
+      return out.replaceChildren(errorBox(new ApiError("Rate at least one film first.", 0)));
     try {
       const existing = await api.userRatings(id).catch((error) => {
         if (error.status === 404) return null;
         throw error;
       });
-      if (existing && itemsOf(existing).length) throw new ApiError(`User id ${id} is taken; pick another.`, 409);
+      if (existing && itemsOf(existing).length)
+        throw new ApiError(`User id ${id} is taken; pick another.`, 409);
       for (const [mid, r] of Object.entries(ratings)) await api.rate(id, Number(mid), r.rating);
       visitor.clear();
       location.hash = `#/user/${id}`;
@@ -540,7 +670,24 @@ function viewAdmin() {
     async () => {
       const rows = itemsOf(await api.models().catch(refusedToken));
       if (!rows.length) return h("p", { class: "empty" }, "No model yet: start a retrain.");
-      return h("div", { class: "table-wrap" }, h("table", { "data-testid": "models" }, h("thead", {}, h("tr", {}, ["Version", "Created", "Status", "Metrics", ""].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, rows.map(modelRow))));
+      return h(
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          { "data-testid": "models" },
+          h(
+            "thead",
+            {},
+            h(
+              "tr",
+              {},
+              ["Version", "Created", "Status", "Metrics", ""].map((c) => h("th", { scope: "col" }, c)),
+            ),
+          ),
+          h("tbody", {}, rows.map(modelRow)),
+        ),
+      );
     },
     { id: "models" },
   );
@@ -561,7 +708,11 @@ function viewAdmin() {
         const url = URL.createObjectURL(await api.learningCurve(version));
         curve.replaceChildren(
           h("figcaption", {}, `Learning curve of model v${version}`),
-          h("img", { src: url, alt: `Learning curve of model v${version}: training loss and validation metrics per epoch`, onload: () => URL.revokeObjectURL(url) }),
+          h("img", {
+            src: url,
+            alt: `Learning curve of model v${version}: training loss and validation metrics per epoch`,
+            onload: () => URL.revokeObjectURL(url),
+          }),
         );
         curve.scrollIntoView({ block: "nearest" });
       } catch (error) {
@@ -574,15 +725,37 @@ function viewAdmin() {
       h("th", { scope: "row" }, `v${version}`, m.is_active ? h("span", { class: "badge" }, "active") : null),
       h("td", {}, when(m.created_at)),
       h("td", {}, m.status || ""),
-      h("td", {}, h("dl", { class: "metrics" }, flatMetrics(metrics).map(([k, v]) => [h("dt", {}, k), h("dd", {}, fmt(v))]))),
+      h(
+        "td",
+        {},
+        h(
+          "dl",
+          { class: "metrics" },
+          flatMetrics(metrics).map(([k, v]) => [h("dt", {}, k), h("dd", {}, fmt(v))]),
+        ),
+      ),
       h(
         "td",
         {},
         h(
           "div",
           { class: "actions" },
-          h("button", { type: "button", class: "secondary", disabled: m.is_active, onclick: activate, "aria-label": `Activate model v${version}` }, "Activate"),
-          h("button", { type: "button", class: "link", "aria-controls": "curve", onclick: showCurve }, "Learning curve"),
+          h(
+            "button",
+            {
+              type: "button",
+              class: "secondary",
+              disabled: m.is_active,
+              onclick: activate,
+              "aria-label": `Activate model v${version}`,
+            },
+            "Activate",
+          ),
+          h(
+            "button",
+            { type: "button", class: "link", "aria-controls": "curve", onclick: showCurve },
+            "Learning curve",
+          ),
         ),
       ),
     );
@@ -601,7 +774,24 @@ function viewAdmin() {
       if (wasBusy && !busy) models.refresh();
       wasBusy = busy;
       if (!rows.length) return h("p", { class: "empty" }, "No training job yet.");
-      return h("div", { class: "table-wrap" }, h("table", { "data-testid": "jobs" }, h("thead", {}, h("tr", {}, ["Job", "Status", "Created", "Progress", "Model"].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, rows.map(jobRow))));
+      return h(
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          { "data-testid": "jobs" },
+          h(
+            "thead",
+            {},
+            h(
+              "tr",
+              {},
+              ["Job", "Status", "Created", "Progress", "Model"].map((c) => h("th", { scope: "col" }, c)),
+            ),
+          ),
+          h("tbody", {}, rows.map(jobRow)),
+        ),
+      );
     },
     {
       id: "jobs",
@@ -611,7 +801,15 @@ function viewAdmin() {
   onLeave(() => clearTimeout(timer));
   view.replaceChildren(
     heading("Admin"),
-    h("p", {}, h("button", { type: "button", class: "link", onclick: () => (adminToken.clear(), route()) }, "Forget the token")),
+    h(
+      "p",
+      {},
+      h(
+        "button",
+        { type: "button", class: "link", onclick: () => (adminToken.clear(), route()) },
+        "Forget the token",
+      ),
+    ),
     models.el,
     curve,
     jobs.el,
@@ -620,7 +818,14 @@ function viewAdmin() {
 
 /** "Retrain now", with optional epochs (the preset's when empty); `queued()` after success. */
 function retrainForm(queued) {
-  const epochs = h("input", { type: "number", id: "epochs", min: "1", max: "10000", placeholder: "preset", inputmode: "numeric" });
+  const epochs = h("input", {
+    type: "number",
+    id: "epochs",
+    min: "1",
+    max: "10000",
+    placeholder: "preset",
+    inputmode: "numeric",
+  });
   const out = h("div", { role: "status" });
   async function submit(e) {
     e.preventDefault();
@@ -667,13 +872,23 @@ function jobRow(j) {
       j.message ? h("p", { class: "meta" }, j.message) : null,
     ),
     h("td", {}, when(j.created_at)),
-    h("td", {}, h("progress", { max: "1", value: String(fraction), "aria-label": `Job ${j.id} progress` }), h("span", { class: "meta" }, ` ${label}`)),
+    h(
+      "td",
+      {},
+      h("progress", { max: "1", value: String(fraction), "aria-label": `Job ${j.id} progress` }),
+      h("span", { class: "meta" }, ` ${label}`),
+    ),
     h("td", {}, j.model_version_id ? `v${j.model_version_id}` : "—"),
   );
 }
 
 function adminLogin(error) {
-  const input = h("input", { type: "password", id: "token", required: true, autocomplete: "current-password" });
+  const input = h("input", {
+    type: "password",
+    id: "token",
+    required: true,
+    autocomplete: "current-password",
+  });
   view.replaceChildren(
     heading("Admin"),
     error ? errorBox(error) : null,
@@ -725,26 +940,41 @@ function renderNav(active) {
   link.textContent = !who ? "Who are you?" : who.kind === "visitor" ? "Visitor" : `User ${who.id}`;
   if (who) link.href = who.kind === "visitor" ? "#/visitor" : `#/user/${who.id}`;
   if (active) {
-    document.querySelectorAll("[data-nav]").forEach((a) => a.toggleAttribute("aria-current", a.dataset.nav === active));
+    document
+      .querySelectorAll("[data-nav]")
+      .forEach((a) => a.toggleAttribute("aria-current", a.dataset.nav === active));
     document.querySelectorAll("[aria-current]").forEach((a) => a.setAttribute("aria-current", "page"));
   }
 }
 
-function route() {
+/** Render the view of the current hash; after a navigation, focus moves to its heading. */
+function route(event) {
+  const hash = location.hash;
+  // An in-page anchor (the skip link's #view) is not a route: keep the current view.
+  if (hash && !hash.startsWith("#/") && view.querySelector("h1")) return;
   leaving.forEach((fn) => fn());
   leaving = [];
-  const [path, search = ""] = (location.hash.slice(1) || "/").split("?");
+  const [path, search = ""] = (hash.startsWith("#/") ? hash.slice(1) : "/").split("?");
   document.title = "movierec";
   for (const [pattern, render, nav] of routes) {
     const match = pattern.exec(path);
     if (!match) continue;
     renderNav(nav);
-    Promise.resolve(render(match, new URLSearchParams(search))).catch((error) => view.replaceChildren(errorBox(error)));
-    view.querySelector("h1")?.focus({ preventScroll: true });
+    Promise.resolve(render(match, new URLSearchParams(search))).catch((error) =>
+      view.replaceChildren(errorBox(error)),
+    );
+    if (event) view.querySelector("h1")?.focus({ preventScroll: true });
     return;
   }
-  view.replaceChildren(heading("Not found"), h("p", {}, "No such page. ", h("a", { href: "#/" }, "Back to the search.")));
+  view.replaceChildren(
+    heading("Not found"),
+    h("p", {}, "No such page. ", h("a", { href: "#/" }, "Back to the search.")),
+  );
 }
 
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  view.focus();
+});
 window.addEventListener("hashchange", route);
 route();

@@ -343,6 +343,22 @@ def test_errors_show_the_servers_detail(page) -> None:  # type: ignore[no-untype
     expect(page.get_by_role("alert")).to_contain_text("movie 999999")
 
 
+def test_keyboard_only_use(page) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/#/who")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Who are you?")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#view")).to_be_focused()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Who are you?")  # still there
+    page.get_by_label("User id").focus()
+    page.keyboard.type("2")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/#/user/2")
+    expect(page.get_by_role("heading", level=1)).to_have_text("User 2")
+    expect(page.get_by_role("link", name="User 2")).to_have_attribute("aria-current", "page")
+
+
 def test_phone_layout_has_no_sideways_scroll(browser, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport=PHONE, base_url=server.url, is_mobile=True)
     tab = context.new_page()
