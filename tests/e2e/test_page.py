@@ -284,12 +284,16 @@ def test_user_sees_ratings_and_filtered_recommendations(
     page.get_by_text("Genres", exact=True).click()
     page.get_by_label("Comedy", exact=True).check()
     page.get_by_text("Genres (1)", exact=True).wait_for()
+    page.get_by_label("From year").fill("1990")
+    # Once the list has reloaded, every film is a comedy from 1990 on.
     page.wait_for_function(
         """() => {
             const section = document.querySelector('[data-testid=recommendations]');
-            const items = section ? [...section.querySelectorAll(':scope > li')] : [];
-            return section.closest('[aria-busy=false]') && items.length > 0 &&
-                items.every(li => li.querySelector('.chips').innerText.includes('Comedy'));
+            if (!section || !section.closest('[aria-busy=false]')) return false;
+            const items = [...section.querySelectorAll(':scope > li')];
+            const year = (li) => Number(li.querySelector('.year').innerText.replace(/[()]/g, ''));
+            return items.length > 0 && items.every(li =>
+                li.querySelector('.chips').innerText.includes('Comedy') && year(li) >= 1990);
         }""",
     )
 
