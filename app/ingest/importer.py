@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,7 +104,7 @@ def import_dataset(
 _DONE = object()
 
 
-def prefetch(chunks: Iterator[pd.DataFrame], depth: int = 2) -> Iterator[pd.DataFrame]:
+def prefetch(chunks: Iterator[pd.DataFrame], depth: int = 2) -> Generator[pd.DataFrame, None, None]:
     """Parse ahead in a thread while the caller writes: pandas' reader and numpy release the
     GIL for most of their work, so parsing overlaps the database's work on the previous chunk.
     Errors raised while parsing are raised here, in order."""

@@ -165,7 +165,14 @@ def epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-def snapshot(url: str) -> tuple[dict, dict, dict]:  # type: ignore[type-arg]
+Snapshot = tuple[
+    dict[int, tuple[str, int | None, str]],  # movie id -> (title, year, genres)
+    dict[int, int],  # user id -> created_at (Unix seconds)
+    dict[tuple[int, int], tuple[float, int]],  # (user, movie) -> (rating, rated_at)
+]
+
+
+def snapshot(url: str) -> Snapshot:
     """Every movie, user and rating in the store, as plain values."""
     engine = make_engine(url)
     try:

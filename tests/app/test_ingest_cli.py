@@ -12,7 +12,7 @@ from tests.app.ingest_fixtures import RATINGS, snapshot, write_100k, write_csv, 
 runner = CliRunner()
 
 
-def test_import_release_then_stats(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_import_release_then_stats(env, tmp_path: Path) -> None:
     archive = zip_folder(write_100k(tmp_path / "ml-100k"), tmp_path / "ml-100k.zip")
     result = runner.invoke(cli, ["data", "import", str(archive), "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -27,7 +27,7 @@ def test_import_release_then_stats(env, tmp_path: Path) -> None:  # type: ignore
     assert f"ratings: {len(RATINGS)}" in stats.output
 
 
-def test_bad_line_exits_2_with_file_and_line(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_line_exits_2_with_file_and_line(env, tmp_path: Path) -> None:
     movies = write_csv(tmp_path / "movies.csv", "movie_id,title", ["1,Heat (1995)"])
     ratings = write_csv(
         tmp_path / "ratings.csv", "user_id,movie_id,rating", ["1,1,4", "2,1,5.5", "3,1,3"]
@@ -49,7 +49,7 @@ def test_bad_line_exits_2_with_file_and_line(env, tmp_path: Path) -> None:  # ty
     assert len(snapshot(env.url)[2]) == 2
 
 
-def test_usage_errors(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_usage_errors(env, tmp_path: Path) -> None:
     neither = runner.invoke(cli, ["data", "import"])
     assert neither.exit_code == 2 and "give PATH, or --ratings" in neither.stderr
     missing = runner.invoke(cli, ["data", "import", str(tmp_path / "nope")])
@@ -60,7 +60,7 @@ def test_usage_errors(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-d
     assert too_many.exit_code == 2 and "do not fit" in too_many.stderr
 
 
-def test_synth_to_csv_and_into_store(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_synth_to_csv_and_into_store(env, tmp_path: Path) -> None:
     out = tmp_path / "synth"
     args = ["data", "synth", "--users", "30", "--movies", "20", "--ratings", "300", "--seed", "4"]
     written = runner.invoke(cli, [*args, "--out", str(out), "--no-progress"])
@@ -73,7 +73,7 @@ def test_synth_to_csv_and_into_store(env, tmp_path: Path) -> None:  # type: igno
     assert len(snapshot(env.url)[2]) == 300
 
 
-def test_fetch_when_present_does_nothing(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fetch_when_present_does_nothing(env, tmp_path: Path) -> None:
     dest = write_100k(tmp_path / "data" / "ml-100k")  # the default destination under the env
     before = sorted(p.name for p in dest.iterdir())
     result = runner.invoke(cli, ["data", "fetch", "movielens-100k"])

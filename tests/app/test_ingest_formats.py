@@ -45,7 +45,7 @@ def test_split_title(raw: str, expected: tuple[str, int | None]) -> None:
 @pytest.mark.parametrize("release", list(RELEASES))
 def test_release_imports_to_the_same_store(
     database, tmp_path: Path, release: str, packaging: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     folder_name, write = RELEASES[release]
     source = write(tmp_path / folder_name)
     if packaging == "zip":

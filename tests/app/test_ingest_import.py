@@ -3,6 +3,7 @@ their first rating, invalid input leaves the store exactly as it was, --skip-inv
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from app.db.session import make_engine
 from app.ingest import loader
 from app.ingest.errors import IngestError
 from app.ingest.formats import custom_csv, detect
-from app.ingest.importer import ImportSummary, import_dataset
+from app.ingest.importer import ImportSummary, import_dataset, prefetch
 from tests.app.ingest_fixtures import snapshot, write_csv, write_csv_release
 
 RATINGS_HEADER = "user_id,movie_id,rating,timestamp"
@@ -31,7 +32,7 @@ def run(
     return import_dataset(url, custom_csv(ratings_path, movies_path), progress=False, **options)  # type: ignore[arg-type]  # fmt: skip
 
 
-def test_reimport_is_idempotent(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_reimport_is_idempotent(database, tmp_path: Path) -> None:
     source = write_csv_release(tmp_path / "ml-latest-small")
     first = import_dataset(database.url, detect(source), progress=False)
     before = snapshot(database.url)
@@ -44,7 +45,7 @@ def test_reimport_is_idempotent(database, tmp_path: Path) -> None:  # type: igno
     assert (w.ratings_added, w.ratings_updated) == (0, 0)
 
 
-def test_newer_rating_replaces_older_and_older_does_not(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_newer_rating_replaces_older_and_older_does_not(database, tmp_path: Path) -> None:
     run(database.url, tmp_path, ["1,1,3.0,1000", "1,2,2.5,1000"], GOOD_MOVIES)
     newer = run(database.url, tmp_path, ["1,1,5.0,2000"])
     assert snapshot(database.url)[2][(1, 1)] == (5.0, 2000)
@@ -57,7 +58,7 @@ def test_newer_rating_replaces_older_and_older_does_not(database, tmp_path: Path
     assert older.written.ratings_updated == 0
 
 
-def test_within_one_file_newest_wins_then_last_line(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_within_one_file_newest_wins_then_last_line(database, tmp_path: Path) -> None:
     lines = [
         "1,1,3.0,2000", "1,1,4.0,1000",  # newest wins although it comes first
         "1,2,1.0,1000", "1,2,4.5,1000",  # same time: the last line wins
@@ -70,13 +71,13 @@ def test_within_one_file_newest_wins_then_last_line(database, tmp_path: Path) ->
     assert summary.written.ratings_added == 3
 
 
-def test_user_created_at_moves_to_an_earlier_first_rating(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_user_created_at_moves_to_an_earlier_first_rating(database, tmp_path: Path) -> None:
     run(database.url, tmp_path, ["1,1,3.0,5000"], GOOD_MOVIES)
     run(database.url, tmp_path, ["1,2,3.0,4000", "1,3,3.0,9000"])
     assert snapshot(database.url)[1] == {1: 4000}
 
 
-def test_movie_update_and_no_timestamp(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_movie_update_and_no_timestamp(database, tmp_path: Path) -> None:
     run(database.url, tmp_path, ["1,1,3.0,100"], GOOD_MOVIES)
     path = write_csv(tmp_path / "r.csv", "user_id,movie_id,rating", ["2,1,4.0"])
     movies = write_csv(
@@ -107,7 +108,7 @@ BAD_LINES = [
 @pytest.mark.parametrize(("bad", "problem"), BAD_LINES)
 def test_invalid_line_leaves_store_unchanged(
     database, tmp_path: Path, bad: str, problem: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     run(database.url, tmp_path, ["1,1,3.0,100"], GOOD_MOVIES)
     before = snapshot(database.url)
     # Many valid lines first, parsed in small blocks: earlier blocks are written before the
@@ -121,7 +122,7 @@ def test_invalid_line_leaves_store_unchanged(
     assert snapshot(database.url) == before
 
 
-def test_undecodable_ratings_bytes(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_undecodable_ratings_bytes(database, tmp_path: Path) -> None:
     run(database.url, tmp_path, ["1,1,3.0,100"], GOOD_MOVIES)
     before = snapshot(database.url)
     path = tmp_path / "ratings.csv"
@@ -132,7 +133,7 @@ def test_undecodable_ratings_bytes(database, tmp_path: Path) -> None:  # type: i
     assert snapshot(database.url) == before
 
 
-def test_undecodable_movies_file(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_undecodable_movies_file(database, tmp_path: Path) -> None:
     ratings = write_csv(tmp_path / "ratings.csv", RATINGS_HEADER, ["1,1,3.0,100"])
     movies = tmp_path / "movies.csv"
     movies.write_bytes(
@@ -144,7 +145,7 @@ def test_undecodable_movies_file(database, tmp_path: Path) -> None:  # type: ign
     assert snapshot(database.url) == ({}, {}, {})
 
 
-def test_latin1_release_with_control_bytes_is_refused(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_latin1_release_with_control_bytes_is_refused(database, tmp_path: Path) -> None:
     """cp1252 quotes (0x92) are C1 controls in latin-1: a sign of the wrong encoding."""
     root = tmp_path / "ml-1m"
     root.mkdir()
@@ -156,13 +157,13 @@ def test_latin1_release_with_control_bytes_is_refused(database, tmp_path: Path) 
     assert snapshot(database.url) == ({}, {}, {})
 
 
-def test_malformed_movies_line(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_movies_line(database, tmp_path: Path) -> None:
     with pytest.raises(IngestError) as caught:
         run(database.url, tmp_path, ["1,1,3.0,100"], ["1,Toy Story (1995),Animation", "2,Heat"])
     assert (caught.value.line, caught.value.problem) == (3, "expected 3 fields, found 2")
 
 
-def test_skip_invalid_imports_the_rest_and_reports(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_skip_invalid_imports_the_rest_and_reports(database, tmp_path: Path) -> None:
     lines = ["1,1,3.0,100", "1,2,9,100", "2,1,abc,100", "2,2,4.0,100", "3,99,4.0,100", "1,2"]
     summary = run(database.url, tmp_path, lines, GOOD_MOVIES, skip_invalid=True, block_bytes=32)
     _, _, ratings = snapshot(database.url)
@@ -173,7 +174,7 @@ def test_skip_invalid_imports_the_rest_and_reports(database, tmp_path: Path) -> 
     assert any("skipped 4 invalid lines" in line for line in summary.lines())
 
 
-def test_skip_invalid_counts_beyond_the_examples(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_skip_invalid_counts_beyond_the_examples(database, tmp_path: Path) -> None:
     lines = ["1,1,3.0,100"] + [f"{u},1,0,100" for u in range(2, 30)]
     summary = run(database.url, tmp_path, lines, GOOD_MOVIES, skip_invalid=True)
     assert summary.skipped == 28
@@ -181,7 +182,7 @@ def test_skip_invalid_counts_beyond_the_examples(database, tmp_path: Path) -> No
     assert snapshot(database.url)[2] == {(1, 1): (3.0, 100)}
 
 
-def test_blank_lines_are_ignored(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_blank_lines_are_ignored(database, tmp_path: Path) -> None:
     summary = run(database.url, tmp_path, ["1,1,3.0,100", "", "2,1,4.0,100", ""], GOOD_MOVIES)
     assert summary.written.ratings_added == 2
 
@@ -205,7 +206,7 @@ def ratings_keys(url: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def bulk(database, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def bulk(database, monkeypatch: pytest.MonkeyPatch):
     """PostgreSQL with the first-load fast path taken for any size."""
     if database.backend != "postgresql":
         pytest.skip("the first-load fast path is PostgreSQL's")
@@ -215,7 +216,7 @@ def bulk(database, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-
     return database, keys
 
 
-def test_postgres_first_load_copies_directly_and_rebuilds_keys(bulk, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_first_load_copies_directly_and_rebuilds_keys(bulk, tmp_path: Path) -> None:
     database, keys = bulk
     lines = ["1,1,3.0,2000", "1,2,4.5,1000", "2,3,2.0,500", "2,1,5.0,700"]
     summary = run(database.url, tmp_path, lines, GOOD_MOVIES)
@@ -227,7 +228,7 @@ def test_postgres_first_load_copies_directly_and_rebuilds_keys(bulk, tmp_path: P
     assert ratings_keys(database.url) == keys
 
 
-def test_postgres_first_load_with_duplicate_pairs_restarts_staged(bulk, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_first_load_with_duplicate_pairs_restarts_staged(bulk, tmp_path: Path) -> None:
     database, keys = bulk
     lines = ["1,1,3.0,2000", "1,1,4.0,1000", "1,2,1.0,1000", "1,2,4.5,1000", "2,3,2.0,500",
              "2,3,9,500"]  # fmt: skip
@@ -239,7 +240,7 @@ def test_postgres_first_load_with_duplicate_pairs_restarts_staged(bulk, tmp_path
     assert ratings_keys(database.url) == keys
 
 
-def test_postgres_failure_while_rebuilding_keys_rolls_back(bulk) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_failure_while_rebuilding_keys_rolls_back(bulk) -> None:
     database, keys = bulk
     chunk = pd.DataFrame({"user_id": [1], "movie_id": [404], "rating": [3.0], "timestamp": [1],
                           "line": [2]})  # fmt: skip
@@ -248,3 +249,30 @@ def test_postgres_failure_while_rebuilding_keys_rolls_back(bulk) -> None:  # typ
         writer.finish()
     assert ratings_keys(database.url) == keys
     assert snapshot(database.url) == ({}, {}, {})
+
+
+def test_prefetch_keeps_order_raises_in_order_and_stops_early() -> None:
+    frames = [pd.DataFrame({"n": [i]}) for i in range(6)]
+
+    def failing() -> Iterator[pd.DataFrame]:
+        yield from frames[:3]
+        raise IngestError("ratings.csv", 9, "bad")
+
+    assert [int(f["n"].iloc[0]) for f in prefetch(iter(frames))] == list(range(6))
+    seen = []
+    with pytest.raises(IngestError, match=r"ratings\.csv:9: bad"):
+        for frame in prefetch(failing()):
+            seen.append(int(frame["n"].iloc[0]))
+    assert seen == [0, 1, 2]
+
+    produced = []
+
+    def endless() -> Iterator[pd.DataFrame]:
+        for i in range(10_000):
+            produced.append(i)
+            yield pd.DataFrame({"n": [i]})
+
+    stream = prefetch(endless(), depth=2)
+    next(stream)
+    stream.close()  # the consumer gives up: the producer thread stops soon after
+    assert len(produced) < 10

@@ -11,7 +11,7 @@ from app.ingest.stats import Distribution, store_stats
 from tests.app.ingest_fixtures import write_1m
 
 
-def test_stats_of_a_small_release(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_stats_of_a_small_release(database, tmp_path: Path) -> None:
     import_dataset(database.url, detect(write_1m(tmp_path / "ml-1m")), progress=False)
     stats = store_stats(database.url)
 
@@ -28,7 +28,7 @@ def test_stats_of_a_small_release(database, tmp_path: Path) -> None:  # type: ig
     assert "density: 41.6667%" in text and "median 2.0" in text
 
 
-def test_stats_of_an_empty_store(database) -> None:  # type: ignore[no-untyped-def]
+def test_stats_of_an_empty_store(database) -> None:
     stats = store_stats(database.url)
     assert (stats.movies, stats.ratings, stats.density, stats.histogram) == (0, 0, 0.0, {})
     assert stats.per_user is None and stats.newest_rating is None

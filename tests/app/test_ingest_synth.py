@@ -83,7 +83,7 @@ def test_impossible_sizes_are_refused() -> None:
         SynthConfig(users=2, movies=3, ratings=7).validate()
 
 
-def test_synth_into_store_and_csv_round_trip(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_synth_into_store_and_csv_round_trip(database, tmp_path: Path) -> None:
     cfg = SynthConfig(users=50, movies=40, ratings=1_200, seed=1, chunk_users=16)
     result = synthesise_into_store(database.url, cfg, progress=False)
     assert (result.movies_added, result.users_added, result.ratings_added) == (40, 50, 1_200)
