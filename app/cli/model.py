@@ -8,7 +8,6 @@ and the registry service, and uses ``ml`` for training and inference. Failures t
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -119,20 +118,25 @@ def train(
 # ---------------------------------------------------------------------------- evaluate
 def evaluate(
     version: int | None = typer.Option(
-        None, "--version", help="Registry id of the model to report on (default: active)."
+        None,
+        "--version",
+        help="Registry id whose training configuration the default autoencoder uses "
+        "(default: the active model's, else the default preset).",
     ),
     out: Path = typer.Option(Path("var/reports"), "--out", help="Folder of the report."),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Number of random splits."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Number of random splits (0, 1, ...)."),
+    models: list[str] | None = typer.Option(
+        None, "--model", help="Evaluate only these (repeatable): bias, popularity, ease, ..."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="At most 3 epochs per autoencoder."),
 ) -> None:
-    """RMSE/MAE and top-N metrics of the autoencoder against baselines, as a report."""
-    try:
-        from ml import evaluate as ml_evaluate
-    except ImportError:
-        fail("the evaluation module (ml.evaluate) is not available in this installation")
-    from ml.data import load_ratings
+    """RMSE/MAE and top-N metrics of the autoencoders against baselines, as a report."""
+    from ml import evaluate as ml_evaluate
+    from ml.data import DataError, load_ratings
+    from ml.train import preset, with_overrides
 
     settings = get_settings()
-    config = None
+    training: dict[str, Any] | None = None
     with session_scope(settings.database_url) as session:
         chosen = (
             registry.get_version(session, version)
@@ -142,19 +146,17 @@ def evaluate(
         if version is not None and chosen is None:
             fail(f"model version {version} does not exist")
         if chosen is not None:
-            config = chosen.manifest.get("training")
-    data = load_ratings(settings.database_url)
-    if data.matrix.nnz == 0:
-        fail("the store has no ratings: import some before evaluating")
-    kwargs: dict[str, Any] = {"seeds": tuple(range(seeds)), "out_dir": out}
-    if config is not None:
-        kwargs["train_config"] = config
+            training = chosen.manifest.get("training")
+    kwargs: dict[str, Any] = {"models": models} if models else {}
     try:
-        report = ml_evaluate.run_evaluation(data, **kwargs)
-    except TypeError:  # an evaluation without per-version configuration
-        kwargs.pop("train_config", None)
-        report = ml_evaluate.run_evaluation(data, **kwargs)
-    typer.echo(json.dumps(report, indent=1, default=str) if isinstance(report, dict) else report)
+        if training is not None:
+            kwargs["configs"] = {"default": with_overrides(preset("default"), training)}
+        data = load_ratings(settings.database_url)
+        report = ml_evaluate.run_evaluation(data, tuple(range(seeds)), out, quick, **kwargs)
+    except (ValueError, DataError) as exc:
+        fail(str(exc))
+    typer.echo(ml_evaluate.markdown_table(report))
+    typer.echo(f"report written to {out}")
 
 
 # ---------------------------------------------------------------------------- recommend

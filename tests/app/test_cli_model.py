@@ -112,6 +112,15 @@ def test_train_recommend_predict_end_to_end(env, small_config: Path, tmp_path: P
     assert [r["source"] for r in rows] == ["model", "bias", "bias", "global_mean", "model"]
     assert all(0.5 <= float(r["prediction"]) <= 5.0 for r in rows)
 
+    report = tmp_path / "report"
+    args = ["--seeds", "1", "--model", "bias", "--model", "popularity", "--out", str(report)]
+    result = invoke("evaluate", *args)
+    assert result.exit_code == 0, result.output
+    assert "bias baseline" in result.output and "popularity" in result.output
+    assert (report / "evaluation.json").is_file()
+    result = invoke("evaluate", "--version", "999")
+    assert result.exit_code == 1 and "model version 999 does not exist" in result.output
+
 
 def test_train_without_ratings_and_bad_inputs_fail_clearly(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = invoke("train", "--epochs", "1", "--device", "cpu")
