@@ -111,7 +111,7 @@ class Worker:
         """Run jobs until stopped (or, with ``once``, until the queue is empty); jobs run."""
         done = 0
         log.info("worker %s started", self.worker_id)
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and self.parent_alive():
             try:
                 self.fail_stale()
                 job_id = self.claim()
@@ -127,6 +127,15 @@ class Worker:
             self.stopping.wait(self.settings.worker_poll_seconds)
         log.info("worker %s stopped after %d job(s)", self.worker_id, done)
         return done
+
+    def parent_alive(self) -> bool:
+        """False once the `movierec serve` process that started this worker is gone."""
+        parent = os.environ.get("MOVIEREC_WORKER_PARENT_PID")
+        if parent and os.getppid() != int(parent):
+            log.warning("the serving process %s is gone: stopping", parent)
+            self.stopping.set()
+            return False
+        return True
 
     def fail_stale(self) -> None:
         with self.sessions() as session, session.begin():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from typing import Annotated
@@ -12,8 +14,22 @@ WORKER_STOP_SECONDS = 15
 
 
 def _start_worker() -> subprocess.Popen[bytes]:
-    """One worker process beside the web server (the embedded default)."""
-    return subprocess.Popen([sys.executable, "-m", "app.worker"])
+    """One worker process beside the web server (the embedded default).
+
+    The worker is told our pid and exits by itself if this process disappears without
+    stopping it (e.g. SIGKILL), so no orphan keeps training.
+    """
+    env = {**os.environ, "MOVIEREC_WORKER_PARENT_PID": str(os.getpid())}
+    return subprocess.Popen([sys.executable, "-m", "app.worker"], env=env)
+
+
+def _exit_on_sigterm() -> None:
+    """Until uvicorn installs its own handlers, SIGTERM unwinds normally (stopping the worker)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _stop_worker(process: subprocess.Popen[bytes]) -> None:
@@ -49,6 +65,7 @@ def serve(
 
     settings = get_settings()
     settings.ensure_dirs()
+    _exit_on_sigterm()
     trainer = _start_worker() if worker else None
     try:
         uvicorn.run(
