@@ -402,9 +402,11 @@ class PostgresWriter(StoreWriter):
         self.written += len(chunk)
 
     def finish(self) -> WriteResult:
-        merge = self._finish_direct if self.mode == "direct" else self._finish_staged
-        ratings_changed = merge()
-        after = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
+        direct = self.mode == "direct"
+        ratings_changed = self._finish_direct() if direct else self._finish_staged()
+        after = {t: _count(self.cursor, t) for t in ("movies", "users")}
+        # A direct load filled an empty, locked table: no need to count it again.
+        after["ratings"] = ratings_changed if direct else _count(self.cursor, "ratings")
         return _result(self.before, after, self.movies_changed, ratings_changed)
 
     def _finish_direct(self) -> int:
