@@ -31,7 +31,9 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY ml ./ml
 COPY migrations ./migrations
-RUN pip install . && python -c "import app.cli, ml, migrations"
+# Smoke test of the installed package (from /, so that /src is not what gets imported).
+RUN pip install . \
+    && cd / && python -c "import app.cli, app.main as m, migrations; assert (m.STATIC_DIR / 'index.html').is_file()"
 
 # --- runtime: the virtual environment, a non-root user, nothing else --------------------------
 FROM ${PYTHON_IMAGE} AS runtime
