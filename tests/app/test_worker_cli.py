@@ -1,0 +1,77 @@
+"""`movierec serve` starts one worker process beside uvicorn and stops it on exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app.db import migrate
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_pids(parent: int) -> list[int]:
+    """Pids of the `app.worker` children of ``parent``."""
+    out = subprocess.run(
+        ["ps", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True
+    )
+    return [int(line.split()[0]) for line in out.stdout.splitlines() if "app.worker" in line]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow  # two processes importing torch: about half a minute on a busy machine
+def test_serve_runs_an_embedded_worker_and_stops_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    port = free_port()
+    env = {
+        **os.environ,
+        "MOVIEREC_DATABASE_URL": url,
+        "MOVIEREC_MODEL_DIR": str(tmp_path / "models"),
+        "MOVIEREC_ENVIRONMENT": "test",
+        "MOVIEREC_LOG_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from app.cli import main; main()", "serve", "--port", str(port)],
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("the server did not start")
+                time.sleep(0.2)
+        [worker] = worker_pids(server.pid)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) is not None
+        deadline = time.monotonic() + 10
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker)
+    finally:
+        if server.poll() is None:
+            server.kill()
