@@ -1,7 +1,12 @@
-"""`movierec data ...`: fetch, import, synthesise and inspect data (thin layer over app.ingest)."""
+"""`movierec data ...`: fetch, import, synthesise and inspect data (thin layer over app.ingest).
+
+The ingestion modules (pandas, numpy, pyarrow) are imported inside the commands, so that the
+other `movierec` commands do not pay for them at start-up.
+"""
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from pathlib import Path
 
@@ -85,8 +90,6 @@ def synth(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Generate a realistic synthetic catalogue and ratings (popularity skew, latent tastes)."""
-    import time
-
     from app.ingest.synth import SynthConfig, synthesise_into_store, write_csv
 
     cfg = SynthConfig(users=users, movies=movies, ratings=ratings, seed=seed)

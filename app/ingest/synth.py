@@ -235,7 +235,7 @@ def make_users(cfg: SynthConfig) -> Users:
     counts = allocate_counts(cfg.ratings, activity, cfg.min_per_user, cfg.movies)
     span = cfg.last_time - cfg.first_time
     active = np.minimum(rng.exponential(cfg.mean_active_days * SECONDS_PER_DAY, n), span) + 1
-    first = cfg.first_time + (rng.random(n) * (span - active)).astype(np.int64)
+    first = cfg.first_time + (rng.random(n) * np.maximum(span - active, 0)).astype(np.int64)
     return Users(
         counts=counts,
         bias=rng.normal(0.0, cfg.user_bias_sd, n),
