@@ -42,8 +42,8 @@ class BiasBaseline:
     Predictions are clipped to the rating range seen in training. An unseen user gets b_u = 0 and
     an unseen movie b_i = 0, so the global mean is the last fallback."""
 
-    user_reg: float = 5.0  # λ_user: pseudo-ratings pulling a user's bias toward 0
-    item_reg: float = 10.0  # λ_item: pseudo-ratings pulling a movie's bias toward 0
+    user_reg: float = 3.0  # λ_user: pseudo-ratings pulling a user's bias toward 0 (validated)
+    item_reg: float = 5.0  # λ_item: pseudo-ratings pulling a movie's bias toward 0 (validated)
     iterations: int = 10  # alternating steps (converges in a handful)
     global_mean: float = 0.0
     user_bias: np.ndarray = field(default_factory=lambda: np.zeros(0))

@@ -12,8 +12,13 @@ first hidden layer, and two linear heads read that:
 * the **ranking head** scores every movie, rated or not, trained with the multinomial
   log-likelihood of the binarised row (Mult-DAE) or a weighted reconstruction of the binary row.
   A *wide* linear path — an item × item matrix with a zero diagonal applied to the binary row,
-  initialised with the closed-form EASE solution of the training matrix — is added to the ranking
-  logits beside the deep stack.
+  the closed-form EASE solution of the training matrix — sits beside the deep stack: by default
+  (``wide_mode="ensemble"``) the deep head learns on its own and the served score is
+  ``EASE score + wide_mix · log-softmax(deep logits)``; with ``wide_mode="sum"`` the two logits
+  are added and trained together.
+* A second wide path feeds the rating head: an item × item ridge regression (zero diagonal) of a
+  user's residual ratings on the other residuals, solved in closed form from the training matrix,
+  with a learned gain.
 
 The tutorial model (20-10-20 sigmoid, MSE on rated entries only) is ``ModelConfig.tutorial()``;
 its ranking scores are its predicted ratings.
@@ -57,28 +62,31 @@ class ModelConfig:
     """Every knob of the autoencoder; the defaults are the best measured on MovieLens-100K
     validation data (see docs/model.md)."""
 
-    hidden: tuple[int, ...] = (600,)  # encoder sizes, input side first; the decoder mirrors them
+    hidden: tuple[int, ...] = (256,)  # encoder sizes, input side first; the decoder mirrors them
     activation: str = "tanh"  # one of ACTIVATIONS, applied after every hidden layer
-    dropout: float = 0.0  # dropout on the code (the innermost layer), train mode only
+    dropout: float = 0.5  # dropout on the code (the innermost layer), train mode only
     input_dropout: float = 0.5  # denoising: fraction of a user's ratings hidden from the input
     tied: bool = False  # decoder layers reuse the transposed encoder weights
     baseline: bool = True  # rating head predicts residuals on global mean + movie + user biases
-    item_bias_reg: float = 25.0  # shrinkage of movie biases toward 0 (pseudo-ratings)
-    user_bias_reg: float = 10.0  # shrinkage of the user offset computed from the input row
+    item_bias_reg: float = 5.0  # shrinkage of movie biases toward 0 (pseudo-ratings)
+    user_bias_reg: float = 3.0  # shrinkage of the user offset computed from the input row
     rating_input: bool = True  # feed the (residual) ratings to the encoder
     binary_input: bool = True  # feed the binary "has rated" row to the encoder
     normalise: bool = True  # scale input rows by 1/sqrt(#ratings of the user)
     wide: bool = True  # item × item linear path (zero diagonal) on the binary row → ranking
     wide_lambda: float = 500.0  # L2 of the closed-form EASE solution that initialises it
     wide_trainable: bool = False  # fine-tune the wide path (else it stays the EASE solution)
-    wide_gain: float = 1.0  # initial value of the learned scale of the wide path's logits
+    wide_mode: str = "ensemble"  # "sum": wide + deep logits trained together; "ensemble": the
+    # deep ranking head is trained alone (Mult-DAE) and served as wide + wide_mix · log-softmax
+    wide_gain: float = 10.0  # "sum": initial value of the learned scale of the wide logits
+    wide_mix: float = 0.05  # "ensemble": weight of the deep log-probabilities beside EASE
     wide_max_items: int = 8000  # no wide paths above this catalogue size (I × I weights)
     wide_rating: bool = True  # item × item linear path (zero diagonal) on residuals → ratings
     wide_rating_lambda: float = 1000.0  # L2 of its closed-form ridge solution (see from_data)
     wide_rating_gain: float = 4.0  # initial learned scale of that path (the ridge fit shrinks)
     ranking_loss: str = "multinomial"  # "multinomial", "weighted_mse" or "none"
     negative_weight: float = 0.1  # weighted_mse: weight of an unrated movie vs a rated one
-    rating_weight: float = 1.0  # weight of the masked rating MSE in the objective
+    rating_weight: float = 10.0  # weight of the masked rating MSE in the objective
     ranking_weight: float = 1.0  # weight of the ranking objective
     refeed: bool = False  # DeepRecommender dense re-feeding: a second pass on the predictions
 
@@ -102,6 +110,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if not (self.rating_input or self.binary_input):
             raise ValueError("at least one of rating_input and binary_input must be on")
+        if self.wide_mode not in ("sum", "ensemble"):
+            raise ValueError(f"wide_mode must be 'sum' or 'ensemble', got {self.wide_mode!r}")
         if self.rating_weight < 0 or self.ranking_weight < 0:
             raise ValueError("loss weights must be non-negative")
 
@@ -111,7 +121,9 @@ class ModelConfig:
         return cls(
             hidden=(20, 10),
             activation="sigmoid",
+            dropout=0.0,
             input_dropout=0.0,
+            rating_weight=1.0,
             baseline=False,
             binary_input=False,
             normalise=False,
@@ -219,7 +231,7 @@ class Autoencoder(nn.Module):
         )
         self.rating_head = nn.Linear(first, n_items)
         self.ranking_head = nn.Linear(first, n_items) if config.ranking_loss != "none" else None
-        if self.ranking_head is not None and self._has_wide():
+        if self.ranking_head is not None and self._has_wide() and config.wide_mode == "sum":
             # The deep ranking path starts silent: training begins at the EASE ranking and the
             # deep stack only adds what the validation data rewards.
             nn.init.zeros_(self.ranking_head.weight)
@@ -231,7 +243,11 @@ class Autoencoder(nn.Module):
         )
         # Learned gain of the wide path: the multinomial objective wants sharper logits than the
         # least-squares EASE solution gives.
-        self.wide_gain = nn.Parameter(torch.tensor(config.wide_gain)) if self._has_wide() else None
+        self.wide_gain = (
+            nn.Parameter(torch.tensor(float(config.wide_gain)))
+            if self._has_wide() and config.wide_mode == "sum"
+            else None
+        )
         has_wide_rating = (
             config.wide_rating and config.baseline and n_items <= config.wide_max_items
         )
@@ -241,7 +257,7 @@ class Autoencoder(nn.Module):
             else None
         )
         self.wide_rating_gain = (
-            nn.Parameter(torch.tensor(config.wide_rating_gain)) if has_wide_rating else None
+            nn.Parameter(torch.tensor(float(config.wide_rating_gain))) if has_wide_rating else None
         )
 
     def _has_wide(self) -> bool:
@@ -349,12 +365,15 @@ class Autoencoder(nn.Module):
             diag = self.wide_rating[indices, indices] * resid  # (N,)
             wide_r = wide_r.index_put((seg, indices), -diag, accumulate=True)
             base = base + self.wide_rating_gain * wide_r
-        pred, scores = self._decode(h, base, wide)
+        pred, scores = self._decode(h, base, wide, training_logits=False)
         pred = pred.clamp(self.rating_min, self.rating_max)
         return pred, (pred if self.ranking_head is None else scores)
 
-    def _heads(self, ratings: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Unclamped predicted ratings (B, I) and ranking logits (B, I) of a dense batch."""
+    def _heads(
+        self, ratings: Tensor, mask: Tensor, training_logits: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Unclamped predicted ratings (B, I) and ranking scores (B, I) of a dense batch; with
+        ``training_logits`` the logits the ranking loss is computed on."""
         m = mask.to(self.input_bias.dtype)  # (B, I)
         n = m.sum(1, keepdim=True)  # (B, 1)
         if self.config.baseline:
@@ -377,10 +396,10 @@ class Autoencoder(nn.Module):
             # (B, I) residual from the other rated movies, zero diagonal
             wide_r = resid @ self.wide_rating - resid * torch.diagonal(self.wide_rating)
             base = base + self.wide_rating_gain * wide_r
-        return self._decode(h, base, wide)
+        return self._decode(h, base, wide, training_logits)
 
     def _decode(
-        self, first: Tensor, base: Tensor | None, wide: Tensor | None
+        self, first: Tensor, base: Tensor | None, wide: Tensor | None, training_logits: bool
     ) -> tuple[Tensor, Tensor]:
         """From the first layer's pre-activation (B, h0) to (ratings (B, I), scores (B, I))."""
         h = self.act(first)
@@ -399,9 +418,13 @@ class Autoencoder(nn.Module):
         if self.ranking_head is None:
             return pred, pred
         scores = self.ranking_head(h)  # (B, I)
-        if wide is not None:
-            scores = scores + self.wide_gain * wide
-        return pred, scores
+        if wide is None:
+            return pred, scores
+        if self.config.wide_mode == "sum":
+            return pred, scores + self.wide_gain * wide
+        if training_logits:
+            return pred, scores  # the deep head learns on its own
+        return pred, wide + self.config.wide_mix * F.log_softmax(scores, dim=1)
 
     # -------------------------------------------------------------------- objective
     def loss(self, ratings: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -413,7 +436,7 @@ class Autoencoder(nn.Module):
         keep = mask
         if self.training and self.config.input_dropout > 0:
             keep = mask & (torch.rand_like(m) >= self.config.input_dropout)
-        pred, scores = self._heads(ratings * keep, keep)
+        pred, scores = self._heads(ratings * keep, keep, training_logits=True)
         n_obs = m.sum().clamp_min(1.0)
         rating_loss = ((pred - ratings) ** 2 * m).sum() / n_obs
         total = self.config.rating_weight * rating_loss
