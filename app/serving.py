@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -72,7 +72,7 @@ def load_checkpoint(path: str, device: str) -> RecommenderLike:
     """Load and verify a checkpoint with ``ml.inference`` (imported here: torch loads lazily)."""
     from ml.inference import Recommender
 
-    return Recommender.from_checkpoint(path, device=device)  # type: ignore[no-any-return]
+    return cast(RecommenderLike, Recommender.from_checkpoint(path, device=device))
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class ServingState:
     in_catalogue: np.ndarray  # (I,) bool
 
     @classmethod
-    def build(cls, version_id: int, recommender: RecommenderLike, catalogue: Catalogue):  # type: ignore[no-untyped-def]
+    def build(cls, version_id: int, recommender: RecommenderLike, catalogue: Catalogue):
         columns = np.asarray(recommender.movie_ids, dtype=np.int64)
         rows = np.searchsorted(catalogue.ids, columns)
         rows = np.clip(rows, 0, max(len(catalogue.ids) - 1, 0))

@@ -21,7 +21,7 @@ from app.serving import MicroBatcher, ModelHolder, ServingState
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -44,20 +44,20 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+    return request.app.state.metrics
 
 
 async def get_batcher(request: Request) -> MicroBatcher:
-    return request.app.state.batcher  # type: ignore[no-any-return]
+    return request.app.state.batcher
 
 
 async def get_holder(request: Request) -> ModelHolder:
-    return request.app.state.holder  # type: ignore[no-any-return]
+    return request.app.state.holder
 
 
 async def get_state(request: Request) -> ServingState | None:
     """The serving state at the start of the request (kept for the whole request)."""
-    return request.app.state.holder.state  # type: ignore[no-any-return]
+    return request.app.state.holder.state
 
 
 async def require_admin(

@@ -73,7 +73,7 @@ def problem(
 def _service_status(exc: ServiceError) -> int:
     for cls in type(exc).__mro__:
         if cls in SERVICE_STATUS:
-            return SERVICE_STATUS[cls]  # type: ignore[index]
+            return SERVICE_STATUS[cls]
     return 400
 
 

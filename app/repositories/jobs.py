@@ -126,7 +126,7 @@ def beat(session: Session, job_id: int, worker_id: str, now: datetime) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def _owned(job_id: int, worker_id: str):  # type: ignore[no-untyped-def]
+def _owned(job_id: int, worker_id: str):
     """Rows of this job while it is running for this worker (compare-and-set guard)."""
     return (
         (TrainingJob.id == job_id)

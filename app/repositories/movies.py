@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Movie
 
 
-def _search_filter(stmt: Select, q: str | None, genre: str | None) -> Select:  # type: ignore[type-arg]
+def _search_filter(stmt: Select, q: str | None, genre: str | None) -> Select:
     """Case-insensitive title search and a genre filter on a movies select."""
     if q:
         stmt = stmt.where(func.lower(Movie.title).contains(q.lower(), autoescape=True))

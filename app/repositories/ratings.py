@@ -20,7 +20,7 @@ def for_user(session: Session, user_id: int) -> dict[int, float]:
     one query of every recommendation request.
     """
     rows = session.connection().execute(RATINGS_OF_USER, {"user_id": user_id}).fetchall()
-    return dict(rows)  # type: ignore[arg-type]
+    return dict(rows)
 
 
 def page_for_user(

@@ -67,7 +67,7 @@ def _allowed(state: ServingState, filters: Filters) -> np.ndarray:
     return allowed
 
 
-def _items(state: ServingState, scored: Sequence) -> list[Item]:  # type: ignore[type-arg]
+def _items(state: ServingState, scored: Sequence) -> list[Item]:
     catalogue = state.catalogue
     out: list[Item] = []
     for s in scored:

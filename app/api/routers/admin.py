@@ -122,7 +122,10 @@ async def activate_model(session: SessionDep, holder: HolderDep, version: Versio
     "/models/{version}/learning-curve.png",
     summary="The learning curve written beside the checkpoint",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}}} | problem_responses(*AUTH, 404, 422, 503),
+    responses={
+        200: {"content": {"image/png": {}}},
+        **problem_responses(*AUTH, 404, 422, 503),
+    },
 )
 async def learning_curve(session: SessionDep, version: VersionId) -> FileResponse:
     return FileResponse(models_service.learning_curve(session, version), media_type="image/png")

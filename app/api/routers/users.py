@@ -135,8 +135,10 @@ async def list_ratings(
 @router.put(
     "/ratings/{movie_id}",
     summary="Rate a movie (creates the user if new)",
-    responses={201: {"model": RatingOut, "description": "Created"}}
-    | problem_responses(400, 404, 413, 422, 503),
+    responses={
+        201: {"model": RatingOut, "description": "Created"},
+        **problem_responses(400, 404, 413, 422, 503),
+    },
 )
 async def put_rating(
     session: SessionDep, response: Response, user_id: UserId, movie_id: MovieId, body: RatingIn

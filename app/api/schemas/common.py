@@ -45,12 +45,14 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The problem+json responses of an endpoint, for the OpenAPI document."""
-    return {code: PROBLEM_RESPONSES[code] for code in codes if code in PROBLEM_RESPONSES} | {
-        code: {
-            "model": Problem,
-            "content": {"application/problem+json": {}},
-            "description": "Unauthorized" if code == 401 else "Forbidden",
-        }
-        for code in codes
-        if code in (401, 403)
-    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        if code in PROBLEM_RESPONSES:
+            out[code] = PROBLEM_RESPONSES[code]
+        elif code in (401, 403):
+            out[code] = {
+                "model": Problem,
+                "content": {"application/problem+json": {}},
+                "description": "Unauthorized" if code == 401 else "Forbidden",
+            }
+    return out
