@@ -79,11 +79,11 @@ class Server:
     environ: dict[str, str]  # the configuration it runs with (for a worker beside it)
 
 
-def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 120) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"the server exited: {process.communicate()[0]}")
+            pytest.fail(f"the server exited:\n{log.read_text()}")
         try:
             if get_json(f"{url}/readyz")["status"] == "ready":
                 return
@@ -91,7 +91,8 @@ def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 120) -
             pass
         time.sleep(0.3)
     process.terminate()
-    pytest.fail(f"the server never became ready:\n{process.communicate(timeout=20)[0]}")
+    process.wait(timeout=20)
+    pytest.fail(f"the server never became ready:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -124,24 +125,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         epochs = "4"
     run(["movierec", "train", "--if-no-model", "--epochs", epochs], environ)
     port = free_port()
-    process = subprocess.Popen(
-        ["movierec", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-worker"],
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = folder / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["movierec", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-worker"],
+            env=environ,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process)
+        wait_ready(url, process, log)
         yield Server(url, environ)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.communicate(timeout=20)
+            process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
