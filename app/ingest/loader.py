@@ -120,6 +120,13 @@ class SqliteWriter(StoreWriter):
         self.cursor = conn.cursor()
         # The default 2 MiB page cache thrashes once the ratings B-trees outgrow it.
         self.cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+        # A first load checks foreign keys once at the end instead of twice per row. The pragma
+        # can only change outside a transaction; it affects this import's own connection,
+        # which is closed afterwards.
+        self.cursor.execute("SELECT EXISTS (SELECT 1 FROM ratings)")
+        self.first_load = not self.cursor.fetchone()[0]
+        if self.first_load:
+            self.cursor.execute("PRAGMA foreign_keys = OFF")
         self.cursor.execute("BEGIN")
         self.before = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
         self.movies_changed = 0
@@ -130,7 +137,7 @@ class SqliteWriter(StoreWriter):
         """On a first load, drop the secondary indexes of ratings (their definitions kept) so
         they are built once at the end instead of updated at random for every row."""
         self.dropped_indexes = []
-        if self.before["ratings"]:
+        if not self.first_load:
             return
         self.cursor.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ratings' "
@@ -172,6 +179,13 @@ class SqliteWriter(StoreWriter):
     def finish(self) -> WriteResult:
         for definition in self.dropped_indexes or []:
             self.cursor.execute(definition)
+        if self.first_load:
+            self.cursor.execute("PRAGMA foreign_key_check(ratings)")
+            broken = self.cursor.fetchone()
+            if broken is not None:
+                raise sqlite3.IntegrityError(
+                    f"a rating refers to a missing row of {broken[2]} (ratings rowid {broken[1]})"
+                )
         after = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
         return _result(self.before, after, self.movies_changed, self.ratings_changed)
 

@@ -3,6 +3,7 @@ their first rating, invalid input leaves the store exactly as it was, --skip-inv
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -276,3 +277,15 @@ def test_prefetch_keeps_order_raises_in_order_and_stops_early() -> None:
     next(stream)
     stream.close()  # the consumer gives up: the producer thread stops soon after
     assert len(produced) < 10
+
+
+def test_first_load_with_a_dangling_movie_is_refused_and_rolled_back(database) -> None:
+    """Both first-load paths check foreign keys once at the end; a rating that slipped past
+    validation (here written straight to the writer) is refused there."""
+    chunk = pd.DataFrame({"user_id": [1], "movie_id": [404], "rating": [3.0], "timestamp": [1],
+                          "line": [2]})  # fmt: skip
+    refused = pytest.raises((IntegrityError, sqlite3.IntegrityError))
+    with refused, loader.open_writer(database.url) as writer:
+        writer.write_ratings(chunk)
+        writer.finish()
+    assert snapshot(database.url) == ({}, {}, {})
