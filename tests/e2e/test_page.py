@@ -122,7 +122,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
              "--movies", str(files.movies)],
             environ,
         )  # fmt: skip
-        epochs = "4"
+        epochs = "2"
     run(["movierec", "train", "--if-no-model", "--epochs", epochs], environ)
     port = free_port()
     log = folder / "serve.log"
@@ -317,7 +317,7 @@ def test_admin_lists_models_and_follows_a_retrain(page, server: Server, tmp_path
     curve.wait_for()
     page.wait_for_function("() => document.querySelector('#curve img').naturalWidth > 0")
 
-    page.get_by_label("Epochs").fill("3")
+    page.get_by_label("Epochs").fill("2")
     page.get_by_role("button", name="Retrain now").click()
     jobs = page.get_by_test_id("jobs")
     expect(jobs).to_contain_text("queued")  # no worker runs beside this server yet
@@ -331,7 +331,7 @@ def test_admin_lists_models_and_follows_a_retrain(page, server: Server, tmp_path
     )
     assert worker.returncode == 0, worker.stdout + worker.stderr
     expect(jobs.locator("tbody tr").first).to_contain_text("succeeded", timeout=20_000)
-    expect(jobs.locator("tbody tr").first).to_contain_text("epoch 3 of 3")
+    expect(jobs.locator("tbody tr").first).to_contain_text("epoch 2 of 2")
     expect(models.locator("tbody tr")).to_have_count(2)
     # Activating the new version (when the gate did not already) makes it the active one.
     activate = page.get_by_role("button", name="Activate model v2")
