@@ -95,7 +95,7 @@ def test_dockerignore_keeps_state_and_caches_out() -> None:
     for entry in (".git", "var", "**/__pycache__", ".pytest_cache", ".ruff_cache", "artifacts"):
         assert entry in ignored, entry
     # What the build copies must not be ignored.
-    for needed in ("app", "ml", "migrations", "docker", "pyproject.toml"):
+    for needed in ("app", "ml", "migrations", "docker", "pyproject.toml", "README.md"):
         assert needed not in ignored, needed
 
 
