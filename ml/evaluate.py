@@ -392,10 +392,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--quick", action="store_true", help="at most 3 epochs per autoencoder")
+    parser.add_argument(
+        "--seed-epochs", type=int, help="epochs of the tutorial model (its preset: 200)"
+    )
     args = parser.parse_args(argv)
+    configs = {}
+    if args.seed_epochs is not None:
+        configs["seed"] = dataclasses.replace(preset("seed"), epochs=args.seed_epochs)
     try:
         data = ratings_from_csv(args.ratings_csv, args.movies_csv)
-        report = run_evaluation(data, args.seeds, args.out, args.quick, models=args.models)
+        report = run_evaluation(
+            data, args.seeds, args.out, args.quick, models=args.models, configs=configs
+        )
     except (OSError, ValueError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

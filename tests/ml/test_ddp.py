@@ -25,7 +25,9 @@ CONFIG = TrainConfig(
     device="cpu",
     progress=False,
     threads=1,
-    model=with_overrides(TrainConfig(model=TINY), {"model": {"input_dropout": 0.0}}).model,
+    model=with_overrides(
+        TrainConfig(model=TINY), {"model": {"input_dropout": 0.0, "dropout": 0.0, "wide": False}}
+    ).model,
 )
 
 
