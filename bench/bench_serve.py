@@ -28,6 +28,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,6 +79,11 @@ class Scenario:
 def run(cmd: list[str], env: dict[str, str]) -> None:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, env=env, check=True)
+
+
+def train(scenario: Scenario, *, only_if_no_model: bool) -> None:
+    cmd = ["movierec", "train", "--epochs", str(scenario.epochs), "--device", "cpu"]
+    run([*cmd, "--if-no-model"] if only_if_no_model else cmd, scenario.env())
 
 
 def build_store(scenario: Scenario, rebuild: bool) -> None:
@@ -137,11 +143,28 @@ def start_server(scenario: Scenario, port: int) -> subprocess.Popen[bytes]:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
                 if r.status == 200:
                     return process
+        except urllib.error.HTTPError as exc:  # 503: not ready yet, or the model is refused
+            failure = json.load(exc).get("model", {}).get("last_failure")
+            if failure is not None:
+                stop_server(process)
+                raise ModelRefused(failure["error"]) from exc
         except OSError:
             pass
         time.sleep(0.5)
-    process.kill()
+    stop_server(process)
     raise RuntimeError("server not ready within 300 s")
+
+
+class ModelRefused(RuntimeError):
+    """The active checkpoint does not load (e.g. written by an older model version)."""
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def write_lua(folder: Path, name: str, body: str) -> Path:
@@ -173,7 +196,12 @@ def wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, An
 
 def measure(scenario: Scenario, duration: int, connections: int) -> None:
     port = free_port()
-    server = start_server(scenario, port)
+    try:
+        server = start_server(scenario, port)
+    except ModelRefused as exc:
+        print(f"the active model does not load ({exc}); training a new one", flush=True)
+        train(scenario, only_if_no_model=False)
+        server = start_server(scenario, port)
     base = f"http://127.0.0.1:{port}"
     try:
         ids = user_ids(scenario)
@@ -196,11 +224,7 @@ def measure(scenario: Scenario, duration: int, connections: int) -> None:
             results["model_version"] = json.load(r)["model"]["version"]
         scenario.results = results
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
 
 def markdown(scenarios: list[Scenario], duration: int, connections: int) -> str:
