@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db.models import ModelVersion, Rating
+from tests.conftest import Database
 from tests.deploy.deployfiles import (
     BOOTSTRAP,
     BOOTSTRAP_COMMAND,
@@ -126,12 +127,12 @@ def stop(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
-        pytest.fail(f"{process.args} ignored SIGTERM for {timeout} s:\n{output}")
+        pytest.fail(f"{process.args!r} ignored SIGTERM for {timeout} s:\n{output}")
     return process.returncode, output
 
 
 @pytest.fixture
-def container_env(env, tmp_path: Path) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+def container_env(env: Database, tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment compose gives the containers, pointed at the PostgreSQL test database."""
     if env.backend != "postgresql":
         pytest.skip("the containers run on PostgreSQL; the SQLite path is tested elsewhere")
@@ -153,8 +154,8 @@ def compose_argv(service: str) -> list[str]:
 
 
 def test_containers_sequence_natively_on_postgres(
-    container_env: dict[str, str], env, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    container_env: dict[str, str], env: Database, tmp_path: Path
+) -> None:
     # migrate
     assert "database at revision" in run(compose_argv("migrate"), container_env)
 

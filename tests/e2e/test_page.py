@@ -26,9 +26,10 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from tests.deploy.tiny_catalogue import write_catalogue
 
@@ -42,8 +43,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ADMIN_TOKEN = "e2e-admin-token-0123456789"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
+DESKTOP = ViewportSize(width=1280, height=900)
+PHONE = ViewportSize(width=390, height=844)
 
 
 def chromium_path() -> str:
@@ -63,9 +64,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get_json(url: str) -> dict:  # type: ignore[type-arg]
+def get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
+        body: dict[str, Any] = json.loads(response.read())
+    return body
 
 
 def run(argv: list[str], environ: dict[str, str]) -> None:
@@ -147,9 +149,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
-    from playwright.sync_api import sync_playwright
-
+def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         yield browser
@@ -157,7 +157,7 @@ def browser():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def page(browser, server: Server):  # type: ignore[no-untyped-def]
+def page(browser: Browser, server: Server) -> Iterator[Page]:
     """A fresh browser tab (empty storage) on the app; fails the test on any script error."""
     context = browser.new_context(viewport=DESKTOP, base_url=server.url)
     tab = context.new_page()
@@ -177,7 +177,7 @@ def page(browser, server: Server):  # type: ignore[no-untyped-def]
     assert not outside, f"the page fetched from outside the app: {outside}"
 
 
-def screenshot(tab, name: str, tmp_path: Path, *, full_page: bool = False) -> None:  # type: ignore[no-untyped-def]
+def screenshot(tab: Page, name: str, tmp_path: Path, *, full_page: bool = False) -> None:
     """Save a screenshot of the view: always to tmp_path, to artifacts/ in CI, to docs/ on ask."""
     tab.mouse.move(0, 0)  # no hover effect in the picture
     tab.wait_for_timeout(300)  # let the last list settle
@@ -192,13 +192,14 @@ def screenshot(tab, name: str, tmp_path: Path, *, full_page: bool = False) -> No
     assert targets[0].stat().st_size > 0
 
 
-def list_ids(tab, testid: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return tab.eval_on_selector_all(
+def list_ids(tab: Page, testid: str) -> list[str]:
+    ids: list[str] = tab.eval_on_selector_all(
         f"[data-testid={testid}] [data-movie-id]", "els => els.map(e => e.dataset.movieId)"
     )
+    return ids
 
 
-def wait_list_change(tab, testid: str, before: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+def wait_list_change(tab: Page, testid: str, before: list[str]) -> list[str]:
     """Wait until the list shows other films than ``before``; the new ids."""
     tab.wait_for_function(
         """([testid, before]) => {
@@ -214,7 +215,7 @@ def wait_list_change(tab, testid: str, before: list[str]) -> list[str]:  # type:
 # ------------------------------------------------------------------------------------ tests
 
 
-def test_search_and_open_a_movie_shows_similar_films(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_search_and_open_a_movie_shows_similar_films(page: Page, tmp_path: Path) -> None:
     page.goto("/")
     page.get_by_label("Search films").fill("star wars")
     page.get_by_role("button", name="Search").click()
@@ -230,7 +231,7 @@ def test_search_and_open_a_movie_shows_similar_films(page, tmp_path: Path) -> No
     screenshot(page, "movie", tmp_path)
 
 
-def test_visitor_rates_three_films_and_the_list_follows(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_visitor_rates_three_films_and_the_list_follows(page: Page, tmp_path: Path) -> None:
     page.goto("/#/visitor")
     recs = page.get_by_test_id("recommendations")
     recs.locator("li").first.wait_for()
@@ -269,8 +270,8 @@ def test_visitor_rates_three_films_and_the_list_follows(page, tmp_path: Path) ->
 
 
 def test_user_sees_ratings_and_filtered_recommendations(
-    page, server: Server, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    page: Page, server: Server, tmp_path: Path
+) -> None:
     ratings = get_json(f"{server.url}/v1/users/1/ratings?limit=30")
     page.goto("/#/user/1")
     expect(page.get_by_test_id("ratings").locator(":scope > li")).to_have_count(
@@ -300,7 +301,9 @@ def test_user_sees_ratings_and_filtered_recommendations(
     )
 
 
-def test_admin_lists_models_and_follows_a_retrain(page, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_admin_lists_models_and_follows_a_retrain(
+    page: Page, server: Server, tmp_path: Path
+) -> None:
     page.goto("/#/admin")
     page.get_by_label("Admin token").fill("not-the-token-at-all")
     page.get_by_role("button", name="Sign in").click()
@@ -344,12 +347,12 @@ def test_admin_lists_models_and_follows_a_retrain(page, server: Server, tmp_path
     screenshot(page, "admin", tmp_path, full_page=True)
 
 
-def test_errors_show_the_servers_detail(page) -> None:  # type: ignore[no-untyped-def]
+def test_errors_show_the_servers_detail(page: Page) -> None:
     page.goto("/#/movie/999999")
     expect(page.get_by_role("alert")).to_contain_text("movie 999999")
 
 
-def test_keyboard_only_use(page) -> None:  # type: ignore[no-untyped-def]
+def test_keyboard_only_use(page: Page) -> None:
     page.goto("/#/who")
     expect(page.get_by_role("heading", level=1)).to_have_text("Who are you?")
     page.keyboard.press("Tab")
@@ -365,7 +368,9 @@ def test_keyboard_only_use(page) -> None:  # type: ignore[no-untyped-def]
     expect(page.get_by_role("link", name="User 2")).to_have_attribute("aria-current", "page")
 
 
-def test_phone_layout_has_no_sideways_scroll(browser, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_phone_layout_has_no_sideways_scroll(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
     context = browser.new_context(viewport=PHONE, base_url=server.url, is_mobile=True)
     tab = context.new_page()
     try:
