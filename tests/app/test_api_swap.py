@@ -88,3 +88,19 @@ def test_a_version_that_fails_to_load_is_marked_failed_and_the_old_one_serves(
     assert "movierec_model_load_failures_total 1.0" in client.get("/metrics").text
     models = client.get("/v1/admin/models", headers=admin_headers()).json()
     assert models["active"] == served.version_id
+
+
+def test_the_catalogue_is_reloaded_when_movies_are_added(client: TestClient, served) -> None:
+    from app.db.models import Movie
+
+    body = {"ratings": [{"movie_id": 31, "rating": 4.0}], "n": 3}
+    assert client.post("/v1/recommendations", json=body).status_code == 422
+    with Session(served.engine) as session, session.begin():
+        session.add(Movie(id=31, title="Film 31", year=2011, genres="Drama"))
+    deadline = time.monotonic() + 10
+    while client.post("/v1/recommendations", json=body).status_code != 200:
+        assert time.monotonic() < deadline, "the new movie never reached the catalogue"
+        time.sleep(0.05)
+    # A movie the model has never seen is accepted in a visitor's ratings and never recommended.
+    items = client.post("/v1/recommendations", json={**body, "n": 100}).json()["items"]
+    assert 31 not in {i["movie_id"] for i in items}
