@@ -374,12 +374,15 @@ def test_phone_layout_has_no_sideways_scroll(
     context = browser.new_context(viewport=PHONE, base_url=server.url, is_mobile=True)
     tab = context.new_page()
     try:
+        for route, testid in (("/#/user/1", "ratings"), ("/#/", "search-results")):
+            tab.goto(route)
+            tab.get_by_test_id(testid).locator("li").first.wait_for()
+            width = tab.evaluate("document.documentElement.scrollWidth")
+            assert width <= PHONE["width"], f"{route} is {width} px wide on a 390 px phone"
         tab.goto("/#/visitor")
         tab.get_by_test_id("recommendations").locator("li").first.wait_for()
         width = tab.evaluate("document.documentElement.scrollWidth")
-        assert width <= PHONE["width"], (
-            f"the page is {width} px wide on a {PHONE['width']} px phone"
-        )
+        assert width <= PHONE["width"], f"#/visitor is {width} px wide on a 390 px phone"
         screenshot(tab, "phone", tmp_path)
     finally:
         context.close()
