@@ -203,6 +203,11 @@ def test_containers_sequence_natively_on_postgres(
         assert ready[0] == 200, f"/readyz never became ready: {ready}"
         assert ready[1]["status"] == "ready"
         assert get_json(f"{base}/healthz") == (200, {"status": "ok"})
+        # The page is served by the same process (no separate web server in the deployment).
+        with urllib.request.urlopen(f"{base}/", timeout=5) as response:
+            assert b'src="/static/app.js"' in response.read()
+        with urllib.request.urlopen(f"{base}/static/app.js", timeout=5) as response:
+            assert "javascript" in response.headers["content-type"]
     finally:
         code, output = stop(api)
     # Uvicorn shuts down gracefully, then re-raises the signal: killed by it, or exit 128 + 15.
