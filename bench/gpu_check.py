@@ -16,6 +16,7 @@ JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -41,10 +42,10 @@ def epoch_seconds(history: list[dict[str, Any]]) -> list[float]:
 
 def train_both(train: sp.csr_matrix, val: sp.csr_matrix, epochs: int, accel: str) -> dict[str, Any]:
     """CUDA (bf16) for ``epochs`` epochs and CPU for one, same data and seed."""
-    quiet = {"progress": False, "patience": 0, "log_file": os.devnull}
-    cuda_config = TrainConfig(epochs=epochs, device=accel, amp=True, **quiet)
+    quiet = TrainConfig(progress=False, patience=0, log_file=os.devnull)
+    cuda_config = dataclasses.replace(quiet, epochs=epochs, device=accel, amp=True)
     model, cuda_hist = fit(train, val, cuda_config)
-    cpu_config = TrainConfig(epochs=1, device="cpu", **quiet)
+    cpu_config = dataclasses.replace(quiet, epochs=1, device="cpu")
     _, cpu_hist = fit(train, val, cpu_config)
     return {
         "model": model,

@@ -111,7 +111,7 @@ class _Columns:
         self.ratings.extend(ratings)
 
 
-def _parse_copy_rows(buf: bytes | memoryview, cols: _Columns) -> int:
+def _parse_copy_rows(buf: bytes | bytearray | memoryview, cols: _Columns) -> int:
     """Parse as many complete binary-COPY rows of ``buf`` as there are; return bytes consumed."""
     n = len(buf) // _PG_ROW.itemsize
     if n == 0:

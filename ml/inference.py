@@ -239,9 +239,9 @@ class Recommender:
         if k <= offset:
             return []
         masked = scores.masked_fill(blocked, -math.inf)
-        top_scores, top_cols = torch.topk(masked, k)
-        top_cols = top_cols[offset:].cpu().numpy()
-        top_scores = top_scores[offset:].cpu().numpy()
+        top = torch.topk(masked, k)
+        top_cols = top.indices[offset:].cpu().numpy()
+        top_scores = top.values[offset:].cpu().numpy()
         preds = pred[top_cols].cpu().numpy() if len(top_cols) else np.empty(0)
         ids = self.movie_ids[top_cols]
         return [
@@ -307,8 +307,8 @@ class Recommender:
             coo = block.tocoo()
             seen = torch.zeros_like(scores, dtype=torch.bool)
             seen[torch.from_numpy(coo.row).long(), torch.from_numpy(coo.col).long()] = True
-            top_s, top_c = torch.topk(scores.masked_fill(seen, -math.inf), k, dim=1)
-            top_s, top_c = top_s.cpu().numpy(), top_c.cpu().numpy()
+            top = torch.topk(scores.masked_fill(seen, -math.inf), k, dim=1)
+            top_s, top_c = top.values.cpu().numpy(), top.indices.cpu().numpy()
             ids = np.where(np.isfinite(top_s), self.movie_ids[top_c], -1)
             yield start, ids, top_s
 
