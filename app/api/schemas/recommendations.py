@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -42,12 +42,12 @@ class VisitorRequest(BaseModel):
     )
     n: int = Field(10, ge=1, le=100, description="How many movies to return.")
     offset: int = Field(0, ge=0, le=10_000, description="How many top movies to skip.")
-    genres: list[str] = Field(
+    genres: list[Annotated[str, Field(max_length=100)]] = Field(
         default_factory=list, max_length=50, description="Keep movies with any of these genres."
     )
     year_min: int | None = Field(None, ge=0, le=9999, description="Earliest release year.")
     year_max: int | None = Field(None, ge=0, le=9999, description="Latest release year.")
-    exclude: list[int] = Field(
+    exclude: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(
         default_factory=list, max_length=5000, description="Movie ids never to return."
     )
 
