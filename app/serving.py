@@ -86,7 +86,10 @@ class ServingState:
     in_catalogue: np.ndarray  # (I,) bool
 
     @classmethod
-    def build(cls, version_id: int, recommender: RecommenderLike, catalogue: Catalogue):
+    def build(
+        cls, version_id: int, recommender: RecommenderLike, catalogue: Catalogue
+    ) -> ServingState:
+        """Map the model's columns to catalogue rows (-1 for movies no longer catalogued)."""
         columns = np.asarray(recommender.movie_ids, dtype=np.int64)
         rows = np.searchsorted(catalogue.ids, columns)
         rows = np.clip(rows, 0, max(len(catalogue.ids) - 1, 0))
@@ -294,7 +297,7 @@ class ModelHolder:
                 catalogue = Catalogue.load(session)
             self.catalogue = catalogue
             log.info("catalogue loaded: %d movies", len(catalogue))
-            if current is not None and pointer is not None and pointer[0] == current.version_id:
+            if current is not None:  # same model, new catalogue arrays
                 self.state = ServingState.build(current.version_id, current.recommender, catalogue)
         if pointer is None or (current is not None and pointer[0] == current.version_id):
             return
