@@ -68,6 +68,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     threads: int = 0  # CPU threads for torch during fit; 0 keeps torch's default (tiny models: 1)
+    zero_grad: bool = True  # False: gradients accumulate over every step (the tutorial's loop)
     progress: bool = True  # tqdm bar over the batches of each epoch
     log_file: str | None = None  # JSON lines of per-epoch metrics; None → stdout
     preset: str = "default"  # name of the preset these values started from
@@ -98,7 +99,12 @@ class TrainConfig:
 
 def _seed_preset() -> TrainConfig:
     """The classic tutorial: 20-10-20 sigmoid, RMSprop lr 0.01 with L2 0.5, one user per step,
-    200 epochs, MSE on the rated entries only; no early stopping."""
+    200 epochs, MSE on the rated entries only; no early stopping.
+
+    The tutorial's loop never clears gradients, so each step applies the sum of every gradient
+    so far; that is what lets it learn at all under an L2 of 0.5 (with cleared gradients the
+    decay pulls every weight and bias to zero: validation RMSE 2.77 on MovieLens-100K).
+    ``zero_grad=False`` reproduces it."""
     return TrainConfig(
         epochs=200,
         batch_size=1,
@@ -109,6 +115,7 @@ def _seed_preset() -> TrainConfig:
         grad_clip=0.0,
         patience=0,
         threads=1,  # steps of one user are too small to share between threads
+        zero_grad=False,  # as the tutorial: gradients accumulate over all steps
         monitor="rmse",
         preset="seed",
         model=ModelConfig.tutorial(),
@@ -412,7 +419,8 @@ def _train_epoch(
         x, m = densify(train, rows, device)  # (B, I)
         with _autocast(device, config):
             loss, parts = objective(x, m)
-        optimizer.zero_grad(set_to_none=True)
+        if config.zero_grad:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
@@ -449,6 +457,8 @@ def fit(
     if train.nnz == 0:
         raise DataError("cannot train on a matrix without ratings")
     d = current_dist()
+    if d.active and not config.zero_grad:
+        raise ValueError("zero_grad=False (accumulated gradients) is for one process, not DDP")
     device = resolve_device(config.device)
     threads_before = torch.get_num_threads()
     if config.threads > 0:

@@ -125,6 +125,7 @@ def test_presets_and_overrides(tmp_path: Path) -> None:
     assert seed.model.hidden == (20, 10) and seed.model.activation == "sigmoid"
     assert seed.model.ranking_loss == "none" and seed.batch_size == 1
     assert (seed.optimizer, seed.lr, seed.weight_decay, seed.epochs) == ("rmsprop", 0.01, 0.5, 200)
+    assert not seed.zero_grad
     assert set(PRESETS) >= {"default", "seed"}
     toml = tmp_path / "c.toml"
     toml.write_text('epochs = 3\n[model]\nhidden = [4]\nactivation = "relu"\n')
@@ -147,6 +148,9 @@ def test_seed_preset_trains_the_tutorial_model(split) -> None:  # type: ignore[n
     model, history = fit(train, val, config)
     assert model.config == ModelConfig.tutorial()
     assert len(history) == 2 and math.isfinite(history[-1]["val_rmse"])
+    # With gradients cleared every step, the tutorial's L2 of 0.5 flattens the model.
+    _, cleared = fit(train, val, with_overrides(config, {"zero_grad": True}))
+    assert history[-1]["val_rmse"] < 0.9 * cleared[-1]["val_rmse"]
 
 
 def test_train_from_store_writes_a_complete_checkpoint(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
