@@ -198,6 +198,11 @@ def ridge_item_weights(resid: sp.csr_matrix, lam: float) -> np.ndarray:
 class Autoencoder(nn.Module):
     """Stacked autoencoder with a rating head and a ranking head sharing one encoder."""
 
+    global_mean: Tensor  # () buffers: statistics of the training matrix
+    item_bias: Tensor  # (I,)
+    rating_min: Tensor  # ()
+    rating_max: Tensor  # ()
+
     def __init__(self, n_items: int, config: ModelConfig) -> None:
         super().__init__()
         if n_items < 1:
@@ -358,7 +363,8 @@ class Autoencoder(nn.Module):
             wide = F.embedding_bag(indices, self.wide, offsets, mode="sum")  # (B, I)
             diag = self.wide[indices, indices]  # (N,)
             wide = wide.index_put((seg, indices), -diag, accumulate=True)
-        if self.wide_rating is not None:
+        if self.wide_rating is not None and self.wide_rating_gain is not None:
+            assert base is not None  # the residual path exists only with the baseline
             wide_r = F.embedding_bag(
                 indices, self.wide_rating, offsets, mode="sum", per_sample_weights=resid
             )  # (B, I)
@@ -384,7 +390,7 @@ class Autoencoder(nn.Module):
         else:
             resid, base = ratings * m, None
         scale = n.clamp_min(1.0).rsqrt() if self.config.normalise else torch.ones_like(n)  # (B, 1)
-        h = self.input_bias
+        h: Tensor = self.input_bias
         if self.w_rating is not None:
             h = h + (resid * scale) @ self.w_rating  # (B, h0)
         if self.w_binary is not None:
@@ -392,7 +398,8 @@ class Autoencoder(nn.Module):
         wide = None
         if self.wide is not None:
             wide = m @ self.wide - m * torch.diagonal(self.wide)  # (B, I), zero diagonal
-        if self.wide_rating is not None:
+        if self.wide_rating is not None and self.wide_rating_gain is not None:
+            assert base is not None  # the residual path exists only with the baseline
             # (B, I) residual from the other rated movies, zero diagonal
             wide_r = resid @ self.wide_rating - resid * torch.diagonal(self.wide_rating)
             base = base + self.wide_rating_gain * wide_r
@@ -408,6 +415,7 @@ class Autoencoder(nn.Module):
         h = self.code_dropout(h)  # (B, code)
         if self.config.tied:
             for enc, bias in zip(reversed(self.encoder), self.decoder_bias, strict=True):
+                assert isinstance(enc, nn.Linear)
                 h = self.act(F.linear(h, enc.weight.t(), bias))
         else:
             for layer in self.decoder:
@@ -421,6 +429,7 @@ class Autoencoder(nn.Module):
         if wide is None:
             return pred, scores
         if self.config.wide_mode == "sum":
+            assert self.wide_gain is not None
             return pred, scores + self.wide_gain * wide
         if training_logits:
             return pred, scores  # the deep head learns on its own

@@ -15,6 +15,7 @@ CONFIGS = {
     "default": ModelConfig(),
     "tied-deep": ModelConfig(hidden=(16, 8), tied=True, activation="selu", dropout=0.2),
     "weighted": ModelConfig(hidden=(12,), ranking_loss="weighted_mse", wide=False),
+    "sum-refeed": ModelConfig(hidden=(12,), wide_mode="sum", refeed=True, normalise=False),
     "tutorial": ModelConfig.tutorial(),
 }
 
@@ -43,8 +44,9 @@ def test_forward_and_loss_shapes(name: str) -> None:
     assert float(pred.min()) >= 1.0 and float(pred.max()) <= 5.0
     loss, parts = model.train().loss(ratings, mask)
     assert loss.ndim == 0 and torch.isfinite(loss)
-    assert parts["loss"] == pytest.approx(float(loss))
+    assert parts["loss"] == pytest.approx(float(loss.detach()))
     assert ("ranking" in parts) == (CONFIGS[name].ranking_loss != "none")
+    assert ("refeed_mse" in parts) == CONFIGS[name].refeed
 
 
 @pytest.mark.parametrize("name", CONFIGS)
