@@ -175,3 +175,49 @@ def test_train_from_store_writes_a_complete_checkpoint(database, tmp_path: Path)
     assert result.metrics == manifest["metrics"]
     assert (result.path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert len((result.path / "history.jsonl").read_text().splitlines()) == 2
+
+
+def _tiny_store(database) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    ratings = [
+        (u, m, float(rng.integers(1, 11)) / 2)
+        for u in range(1, 33)
+        for m in rng.choice(np.arange(1, 21), size=8, replace=False).tolist()
+    ]
+    insert_store(database.engine, movies=list(range(1, 21)), ratings=ratings)
+
+
+def _tiny_toml(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text('device = "cpu"\nbatch_size = 8\nthreads = 1\n[model]\nhidden = [8]\n')
+    return path
+
+
+def test_module_entry_point_writes_a_checkpoint(database, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from ml.train import main
+
+    _tiny_store(database)
+    out = tmp_path / "models"
+    args = ["--out", str(out), "--epochs", "1", "--config", str(_tiny_toml(tmp_path))]
+    assert main(["--database-url", database.url, *args, "--no-progress"]) == 0
+    (written,) = out.iterdir()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["checkpoint"] == str(written) and "rmse" in summary["validation"]
+    assert main(["--database-url", database.url, "--preset", "seed", "--epochs", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_checkpoint(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    _tiny_store(database)
+    out = tmp_path / "models"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    cmd += ["-m", "ml.train", "--database-url", database.url, "--out", str(out)]
+    cmd += ["--epochs", "2", "--no-progress", "--config", str(_tiny_toml(tmp_path))]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (written,) = out.iterdir()  # only rank 0 writes
+    assert load(written)[0]["training"]["epochs"] == 2
+    assert done.stdout.count('"epoch": 1,') == 1  # one log line per epoch, from rank 0
