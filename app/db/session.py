@@ -14,10 +14,10 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     """Create an engine; SQLite gets foreign keys, WAL and a busy timeout."""
     if url.startswith("sqlite"):
         connect_args = {"check_same_thread": False, "timeout": 30}
-        engine = create_engine(url, connect_args=connect_args, **kwargs)  # type: ignore[arg-type]
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
@@ -26,7 +26,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)  # type: ignore[arg-type]
+    return create_engine(url, **kwargs)
 
 
 @lru_cache(maxsize=8)
