@@ -214,21 +214,16 @@ class Worker:
     def _register(self, result: Any) -> Outcome:
         """Register the checkpoint; activate it when the gate allows, else say why not."""
         with self.sessions() as session, session.begin():
-            version = registry.register_version(
+            version, gate = registry.register_and_gate(
                 session,
                 path=str(result.path),
                 sha256=result.sha256,
                 manifest=result.manifest,
                 metrics=result.metrics,
+                tolerance=self.settings.activation_tolerance,
             )
-            active = registry.active_version(session)
-            gate = registry.activation_gate(
-                result.metrics,
-                active.metrics if active is not None else None,
-                self.settings.activation_tolerance,
-            )
+            assert gate is not None
             if gate.activate:
-                registry.activate(session, version.id)
                 message = f"model version {version.id} activated: {gate.reason}"
             else:
                 message = f"model version {version.id} registered but not activated: {gate.reason}"

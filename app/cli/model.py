@@ -24,8 +24,6 @@ from app.db.models import Movie, Rating, User
 from app.db.session import session_scope
 from app.services import registry
 
-# Manifest fields too large for the registry row (they stay in the checkpoint directory).
-BULKY_MANIFEST_FIELDS = ("movie_ids", "popularity")
 ID_CHUNK = 500  # ids per IN (...) query (SQLite limits bound parameters)
 
 
@@ -47,10 +45,6 @@ def _train_config(
         config = with_overrides(config, read_config_file(config_file))
     flags = {"epochs": epochs, "device": device}
     return with_overrides(config, {k: v for k, v in flags.items() if v is not None})
-
-
-def _registry_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in manifest.items() if k not in BULKY_MANIFEST_FIELDS}
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
@@ -93,23 +87,18 @@ def train(
         fail(str(exc))
     assert result is not None  # one process: this is rank 0
     with session_scope(settings.database_url) as session:
-        version = registry.register_version(
+        version, gate = registry.register_and_gate(
             session,
             path=str(result.path),
             sha256=result.sha256,
-            manifest=_registry_manifest(result.manifest),
+            manifest=result.manifest,
             metrics=result.metrics,
+            tolerance=settings.activation_tolerance,
+            activate_if_better=not no_activate,
         )
         status = "registered"
-        if not no_activate:
-            active = registry.active_version(session)
-            gate = registry.activation_gate(
-                result.metrics, active.metrics if active else None, settings.activation_tolerance
-            )
-            if gate.activate:
-                registry.activate(session, version.id)
-                status = "activated"
-            status = f"{status} ({gate.reason})"
+        if gate is not None:
+            status = f"{'activated' if gate.activate else 'registered'} ({gate.reason})"
     typer.echo(f"checkpoint {result.path}")
     typer.echo(f"validation: {_format_metrics(result.metrics)}")
     typer.echo(f"model version {version.id} {status}")

@@ -34,14 +34,21 @@ def active_version(session: Session) -> ModelVersion | None:
     return session.scalars(select(ModelVersion).where(ModelVersion.is_active)).one_or_none()
 
 
+# Manifest fields that stay in the checkpoint folder only: they grow with the catalogue.
+BULKY_MANIFEST_FIELDS = ("movie_ids", "popularity")
+
+
 def register_version(
     session: Session, *, path: str, sha256: str, manifest: dict[str, Any], metrics: dict[str, Any]
 ) -> ModelVersion:
-    """Record a written, verified checkpoint as a registered (inactive) version."""
+    """Record a written, verified checkpoint as a registered (inactive) version.
+
+    The row keeps the manifest without its per-movie arrays (the checkpoint has them all).
+    """
     version = ModelVersion(
         path=path,
         sha256=sha256,
-        manifest=manifest,
+        manifest={k: v for k, v in manifest.items() if k not in BULKY_MANIFEST_FIELDS},
         metrics=metrics,
         status=ModelStatus.registered.value,
         is_active=False,
@@ -69,6 +76,32 @@ def activate(session: Session, version_id: int) -> ModelVersion:
     version.activated_at = utcnow()
     session.flush()
     return version
+
+
+def register_and_gate(
+    session: Session,
+    *,
+    path: str,
+    sha256: str,
+    manifest: dict[str, Any],
+    metrics: dict[str, Any],
+    tolerance: float,
+    activate_if_better: bool = True,
+) -> tuple[ModelVersion, Gate | None]:
+    """Register a freshly trained checkpoint and activate it when the gate allows.
+
+    Returns the version and the gate's decision (``None`` when activation was not asked for).
+    """
+    version = register_version(
+        session, path=path, sha256=sha256, manifest=manifest, metrics=metrics
+    )
+    if not activate_if_better:
+        return version, None
+    current = active_version(session)
+    gate = activation_gate(metrics, current.metrics if current else None, tolerance)
+    if gate.activate:
+        activate(session, version.id)
+    return version, gate
 
 
 def mark_failed(session: Session, version_id: int, reason: str) -> None:
