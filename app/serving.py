@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -25,10 +25,12 @@ from sqlalchemy.orm import sessionmaker
 from app.observability import Metrics
 from app.repositories import model_versions as versions_repo
 from app.repositories import movies as movies_repo
+from app.repositories.ratings import RatingsReader
 from app.services import registry
 from app.services.catalogue import Catalogue
 
 log = logging.getLogger("movierec.serving")
+MASK_CACHE = 256  # filter masks kept per serving state
 
 
 class Scored(Protocol):
@@ -64,6 +66,13 @@ class RecommenderLike(Protocol):
 
     def score_matrix(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def top_k_rows(
+        self,
+        rows: Sequence[tuple[np.ndarray, np.ndarray]],
+        ks: Sequence[int],
+        allowed: Sequence[np.ndarray],
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]: ...
+
 
 Loader = Callable[[str, str], RecommenderLike]
 
@@ -84,6 +93,10 @@ class ServingState:
     catalogue: Catalogue
     column_rows: np.ndarray  # (I,) catalogue row of each model column, -1 when not catalogued
     in_catalogue: np.ndarray  # (I,) bool
+    # Masks of the filters asked for lately, by (genres, year_min, year_max): read-only arrays.
+    _masks: dict[tuple[tuple[str, ...], int | None, int | None], np.ndarray] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(
@@ -110,11 +123,26 @@ class ServingState:
         year_min: int | None,
         year_max: int | None,
     ) -> np.ndarray:
-        """(I,) bool over the model's columns: catalogued movies that pass the filters."""
+        """(I,) bool over the model's columns: catalogued movies that pass the filters.
+
+        Read-only and cached per filter (at most ``MASK_CACHE`` of them): the lists of a
+        site ask for the same few filters again and again.
+        """
+        key = (tuple(genres), year_min, year_max)
+        cached = self._masks.get(key)
+        if cached is not None:
+            return cached
         mask = self.catalogue.filter_mask(genres, year_min, year_max)
-        if mask is None:
-            return self.in_catalogue
-        return self.in_catalogue & mask[np.maximum(self.column_rows, 0)]
+        allowed = (
+            self.in_catalogue
+            if mask is None
+            else self.in_catalogue & mask[np.maximum(self.column_rows, 0)]
+        )
+        allowed.setflags(write=False)
+        if len(self._masks) >= MASK_CACHE:
+            self._masks.clear()
+        self._masks[key] = allowed
+        return allowed
 
 
 @dataclass(frozen=True)
@@ -140,46 +168,24 @@ def rank_batch(
     """Score many users in one forward pass; the best ``k`` allowed, unrated movies of each.
 
     ``requests`` are ``(ratings, k, allowed)``: the user's ``{movie_id: rating}``, how many to
-    return and an (I,) bool mask over the model's columns. Rated movies are never returned.
+    return and an (I,) bool mask over the model's columns. Rated movies are never returned;
+    rated movies the model does not know are left out of its input.
     """
-    n_items = len(recommender.movie_ids)
-    indptr = [0]
-    indices: list[np.ndarray] = []
-    values: list[np.ndarray] = []
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
     for ratings, _, _ in requests:
         ids = np.fromiter(ratings.keys(), dtype=np.int64, count=len(ratings))
         vals = np.fromiter(ratings.values(), dtype=np.float32, count=len(ratings))
         cols = recommender.columns(ids) if len(ids) else np.empty(0, np.int64)
         known = cols >= 0
-        indices.append(cols[known])
-        values.append(vals[known])
-        indptr.append(indptr[-1] + int(known.sum()))
-    matrix = sp.csr_matrix(
-        (
-            np.concatenate(values) if values else np.empty(0, np.float32),
-            np.concatenate(indices) if indices else np.empty(0, np.int64),
-            np.asarray(indptr, dtype=np.int64),
-        ),
-        shape=(len(requests), n_items),
-    )
-    predicted, scores = recommender.score_matrix(matrix)  # (B, I) each
-    out: list[list[Ranked]] = []
-    for b, (_, k, allowed) in enumerate(requests):
-        row = np.where(allowed, scores[b], -np.inf)  # (I,)
-        row[indices[b]] = -np.inf
-        k = min(k, int(np.isfinite(row).sum()))
-        if k <= 0:
-            out.append([])
-            continue
-        top = np.argpartition(-row, k - 1)[:k] if k < n_items else np.arange(n_items)
-        top = top[np.argsort(-row[top], kind="stable")]
-        out.append(
-            [
-                Ranked(int(recommender.movie_ids[c]), float(row[c]), float(predicted[b, c]))
-                for c in top
-            ]
-        )
-    return out
+        rows.append((cols[known], vals[known]))
+    tops = recommender.top_k_rows(rows, [k for _, k, _ in requests], [a for _, _, a in requests])
+    return [
+        [
+            Ranked(m, s, p)
+            for m, s, p in zip(ids.tolist(), scores.tolist(), preds.tolist(), strict=True)
+        ]
+        for ids, scores, preds in tops
+    ]
 
 
 class MicroBatcher:
@@ -273,6 +279,7 @@ class ModelHolder:
         loader: Loader = load_checkpoint,
     ) -> None:
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self.ratings = RatingsReader(engine)  # the hot path's query, one connection per thread
         self.device = device
         self.metrics = metrics
         self.loader = loader

@@ -209,6 +209,50 @@ class Recommender:
         pred, scores = self._forward(rows)
         return pred.cpu().numpy(), scores.cpu().numpy()
 
+    def top_k_rows(
+        self,
+        rows: Sequence[tuple[np.ndarray, np.ndarray]],
+        ks: Sequence[int],
+        allowed: Sequence[np.ndarray],
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The serving path: the best ``ks[b]`` allowed, unrated columns of each encoded row.
+
+        ``rows`` are ``(columns, values)`` of known movies, ``allowed`` (I,) bool masks. One
+        forward pass, one masked ``torch.topk`` over the whole batch, and the predicted ratings
+        gathered for the returned columns only. Returns per row ``(movie ids, scores, predicted
+        ratings)``, best first; fewer than ``ks[b]`` when fewer movies are left.
+        """
+        if not rows:
+            return []
+        if any(np.shape(a) != (self.n_items,) for a in allowed):
+            raise ValueError(f"allowed must be bool masks of shape ({self.n_items},)")
+        pred, scores = self._forward(rows)  # (B, I) each
+        first = allowed[0]
+        if all(a is first for a in allowed):  # the common case: one filter for the batch
+            blocked = torch.from_numpy(~first).to(self.device).expand(len(rows), -1).clone()
+        else:
+            blocked = torch.from_numpy(~np.stack(allowed)).to(self.device)
+        lengths = [len(c) for c, _ in rows]
+        seg = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
+        cols = torch.from_numpy(np.concatenate([c for c, _ in rows]).astype(np.int64))
+        blocked[seg.to(self.device), cols.to(self.device)] = True
+        k = min(max(ks), self.n_items)
+        if k <= 0:
+            return [
+                (np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.float32))
+            ] * len(rows)
+        with torch.inference_mode():  # the forward's outputs are inference tensors
+            top = torch.topk(scores.masked_fill_(blocked, -math.inf), k, dim=1)
+            top_preds = pred.gather(1, top.indices).cpu().numpy()
+        top_cols = top.indices.cpu().numpy()
+        top_scores = top.values.cpu().numpy()
+        out = []
+        for b, want in enumerate(ks):
+            keep = min(want, int(np.isfinite(top_scores[b]).sum()))
+            c = top_cols[b, :keep]
+            out.append((self.movie_ids[c], top_scores[b, :keep], top_preds[b, :keep]))
+        return out
+
     def _blocked(
         self, rated: np.ndarray, exclude: Iterable[int], allowed: np.ndarray | None
     ) -> torch.Tensor:

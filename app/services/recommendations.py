@@ -1,6 +1,7 @@
 """Recommendation use cases: for a stored user, for a visitor, and predicted ratings.
 
-Each call costs one indexed query for the user's ratings (none for a visitor) and one forward
+Each call costs one indexed query for the user's ratings (none for a visitor, a raw prepared
+statement on a connection of the serving thread: ``RatingsReader``) and a share of one forward
 pass over the model held in memory; nothing depends on the number of users.
 """
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.repositories import ratings as ratings_repo
 from app.repositories import users as users_repo
+from app.repositories.ratings import RatingsReader
 from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
 from app.serving import MicroBatcher, ServingState
 
@@ -62,8 +64,9 @@ def _allowed(state: ServingState, filters: Filters) -> np.ndarray:
     """(I,) bool mask of the model columns the list may contain (filters and exclusions)."""
     allowed = state.allowed_columns(filters.genres, filters.year_min, filters.year_max)
     if filters.exclude:
-        excluded = np.isin(np.asarray(state.recommender.movie_ids), np.asarray(filters.exclude))
-        allowed = allowed & ~excluded
+        columns = state.recommender.columns(np.asarray(filters.exclude, dtype=np.int64))
+        allowed = allowed.copy()  # the filter's mask is shared (cached): never write to it
+        allowed[columns[columns >= 0]] = False
     return allowed
 
 
@@ -112,7 +115,7 @@ async def recommend_from_ratings(
 
 
 async def recommend_for_user(
-    session: Session,
+    reader: RatingsReader,
     state: ServingState | None,
     batcher: MicroBatcher,
     user_id: int,
@@ -121,8 +124,8 @@ async def recommend_for_user(
     filters: Filters,
 ) -> Recommendations:
     """Recommendations for a stored user (404 when the user does not exist)."""
-    ratings = ratings_repo.for_user(session, user_id)
-    if not ratings and not users_repo.exists(session, user_id):
+    ratings = reader.for_user(user_id)
+    if not ratings and not reader.user_exists(user_id):
         raise NotFoundError(f"user {user_id} does not exist", user_id=user_id)
     return await recommend_from_ratings(require_state(state), batcher, ratings, n, offset, filters)
 

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Response
 
 from app.api.deps import BatcherDep, MetricsDep, StateDep
-from app.api.routers.users import recommendations_response
 from app.api.schemas.common import problem_responses
 from app.api.schemas.recommendations import RecommendationsOut, VisitorRequest
 from app.services import recommendations as rec_service
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
+
+
+def recommendations_body(user_id: int | None, result: rec_service.Recommendations) -> bytes:
+    """The JSON document of ``RecommendationsOut``, written by orjson straight from the
+    service's dataclasses: the hot path builds no Pydantic model and validates nothing twice
+    (every field is typed by the service; NaN would become null, as Pydantic writes it)."""
+    return orjson.dumps(
+        {
+            "user_id": user_id,
+            "model_version": result.model_version,
+            "source": result.source,
+            "items": result.items,
+        }
+    )
+
+
+def recommendations_response(user_id: int | None, result: rec_service.Recommendations) -> Response:
+    """The answer of both recommendation routes, with the model version in a header."""
+    return Response(
+        recommendations_body(user_id, result),
+        media_type="application/json",
+        headers={"X-Model-Version": str(result.model_version)},
+    )
 
 
 @router.post(

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.api.deps import BatcherDep, MetricsDep, SessionDep, StateDep
+from app.api.deps import SessionDep, StateDep
 from app.api.routers.params import parse_ids, parse_names
+from app.api.routers.recommendations import recommendations_response
 from app.api.schemas.common import MAX_ID, problem_responses
 from app.api.schemas.ratings import RatingIn, RatingOut, RatingPage
-from app.api.schemas.recommendations import (
-    PredictionOut,
-    PredictionsOut,
-    RecommendationsOut,
-    RecommendedMovie,
-)
+from app.api.schemas.recommendations import PredictionOut, PredictionsOut, RecommendationsOut
 from app.db.models import Rating
 from app.services import ratings as ratings_service
 from app.services import recommendations as rec_service
@@ -25,27 +21,6 @@ router = APIRouter(prefix="/v1/users/{user_id}", tags=["users"])
 UserId = Annotated[int, Path(ge=0, le=MAX_ID, description="A user id.")]
 MovieId = Annotated[int, Path(ge=0, le=MAX_ID, description="A movie id.")]
 MAX_PREDICTIONS = 1000
-
-
-def recommendations_out(
-    user_id: int | None, result: rec_service.Recommendations
-) -> RecommendationsOut:
-    return RecommendationsOut(
-        user_id=user_id,
-        model_version=result.model_version,
-        source=result.source,  # type: ignore[arg-type]
-        items=[RecommendedMovie(**vars(item)) for item in result.items],
-    )
-
-
-def recommendations_response(user_id: int | None, result: rec_service.Recommendations) -> Response:
-    """The hot path's answer, serialised once by Pydantic (FastAPI would validate it again)."""
-    body = recommendations_out(user_id, result).model_dump_json()
-    return Response(
-        body,
-        media_type="application/json",
-        headers={"X-Model-Version": str(result.model_version)},
-    )
 
 
 def rating_out(rating: Rating) -> RatingOut:
@@ -64,10 +39,7 @@ def rating_out(rating: Rating) -> RatingOut:
     responses=problem_responses(404, 422, 503),
 )
 async def user_recommendations(
-    session: SessionDep,
-    state: StateDep,
-    batcher: BatcherDep,
-    metrics: MetricsDep,
+    request: Request,
     user_id: UserId,
     n: Annotated[int, Query(ge=1, le=100, description="How many movies.")] = 10,
     offset: Annotated[int, Query(ge=0, le=10_000, description="Top movies to skip.")] = 0,
@@ -86,10 +58,13 @@ async def user_recommendations(
         year_max=year_max,
         exclude=parse_ids(exclude, "exclude"),
     )
+    # The hot route reads app state directly (no dependencies to solve per request).
+    app_state = request.app.state
+    holder = app_state.holder
     result = await rec_service.recommend_for_user(
-        session, state, batcher, user_id, n, offset, filters
+        holder.ratings, holder.state, app_state.batcher, user_id, n, offset, filters
     )
-    metrics.recommendations.labels(result.source).inc()
+    app_state.metrics.recommendations.labels(result.source).inc()
     return recommendations_response(user_id, result)
 
 
