@@ -130,9 +130,20 @@ def ranking_metrics(score_rows: Scorer, train: sp.csr_matrix, test: sp.csr_matri
 
 # ---------------------------------------------------------------------------- one split
 def _train_autoencoder(
-    name: str, train: sp.csr_matrix, config: TrainConfig, seed: int, monitor: str, log: Path | None
+    name: str,
+    train: sp.csr_matrix,
+    config: TrainConfig,
+    seed: int,
+    monitor: str,
+    log: Path | None,
+    ease_lambdas: Sequence[float] = (),
 ) -> tuple[Autoencoder, dict[str, Any]]:
-    """Fit one autoencoder with early stopping on a slice of ``train``; returns it and facts."""
+    """Fit one autoencoder with early stopping on a slice of ``train``; returns it and facts.
+
+    With ``ease_lambdas`` (the ranking protocol) the EASE path is then finished as the service
+    should use it: the weight of the deep correction is chosen on the early-stopping slice
+    (``Autoencoder.choose_wide_mix``), then the path is tuned and solved again on all of
+    ``train`` (:func:`refit_wide_path`)."""
     cfg = dataclasses.replace(
         config,
         seed=seed,
@@ -144,9 +155,29 @@ def _train_autoencoder(
     started = time.perf_counter()
     model, history = fit(fit_part, stop_part if stop_part.nnz else None, cfg)
     best = next((h["best_epoch"] for h in reversed(history) if "best_epoch" in h), len(history))
-    facts = {"epochs_run": len(history), "best_epoch": best}
+    facts: dict[str, Any] = {"epochs_run": len(history), "best_epoch": best}
     facts["train_seconds"] = round(time.perf_counter() - started, 2)
+    if ease_lambdas and model.wide is not None:
+        tried = model.choose_wide_mix(fit_part, stop_part)
+        facts["wide_mix"] = model.config.wide_mix
+        facts["wide_mix_validation_ndcg@10"] = {str(k): v for k, v in tried.items()}
+        facts |= refit_wide_path(model, train, seed, ease_lambdas)
     return model, facts
+
+
+def refit_wide_path(
+    model: Autoencoder, train: sp.csr_matrix, seed: int, lambdas: Sequence[float]
+) -> dict[str, Any]:
+    """After early stopping, tune the EASE path's λ and solve it again on the *whole* training
+    part, by the procedure and candidates of the EASE baseline (same slice for the same seed):
+    the closed form needs no early stopping, so it should not lose the slice that the deep part
+    used for it. Returns the chosen λ as a fact of the run ({} for a model without the path)."""
+    if model.wide is None:
+        return {}
+    model.config.wide_lambdas = tuple(float(v) for v in lambdas)
+    model.tune_closed_form_paths(train, seed=seed, rating_path=False)
+    model.fit_closed_form_paths(train, rating_path=False)
+    return {"wide_lambda": model.config.wide_lambda}
 
 
 def evaluate_rating_split(
@@ -200,7 +231,9 @@ def evaluate_ranking_split(
                 "validation_ndcg@10": {str(k): v for k, v in tried.items()},
             }
         elif name in AUTOENCODERS:
-            model, facts = _train_autoencoder(name, train, configs[name], seed, "ndcg@10", log)
+            model, facts = _train_autoencoder(
+                name, train, configs[name], seed, "ndcg@10", log, ease_lambdas
+            )
             _, score_rows = autoencoder_scorer(model, train)
             out[name] = {**ranking_metrics(score_rows, train, test), **facts}
     return out

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ml import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +77,24 @@ class ModelConfig:
     binary_input: bool = True  # feed the binary "has rated" row to the encoder
     normalise: bool = True  # scale input rows by 1/sqrt(#ratings of the user)
     wide: bool = True  # item × item linear path (zero diagonal) on the binary row → ranking
-    wide_lambda: float = 500.0  # L2 of the closed-form EASE solution that initialises it
+    wide_lambda: float = 500.0  # L2 of the closed-form EASE solution (the tuned one, if tuned)
+    wide_lambdas: tuple[float, ...] = (50.0, 100.0, 200.0, 350.0, 500.0, 750.0, 1000.0, 2000.0)
+    # ^ candidates for wide_lambda, chosen by from_data on a validation slice; () = no tuning
     wide_trainable: bool = False  # fine-tune the wide path (else it stays the EASE solution)
     wide_mode: str = "ensemble"  # "sum": wide + deep logits trained together; "ensemble": the
     # deep ranking head is trained alone (Mult-DAE) and served as wide + wide_mix · log-softmax
     wide_gain: float = 10.0  # "sum": initial value of the learned scale of the wide logits
     wide_mix: float = 0.05  # "ensemble": weight of the deep log-probabilities beside EASE
+    wide_mixes: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05)  # candidates for wide_mix that
+    # choose_wide_mix tries on held-out ratings the deep head never saw
     wide_max_items: int = 8000  # no wide paths above this catalogue size (I × I weights)
     wide_rating: bool = True  # item × item linear path (zero diagonal) on residuals → ratings
     wide_rating_lambda: float = 1000.0  # L2 of its closed-form ridge solution (see from_data)
+    wide_rating_lambdas: tuple[float, ...] = ()  # candidates for wide_rating_lambda and its
+    # initial gain, chosen on a validation slice; () = none (tuning them did not help, model.md)
     wide_rating_gain: float = 4.0  # initial learned scale of that path (the ridge fit shrinks)
+    tune_frac: float = 0.2  # share of the training ratings held out to tune the two λ
+    tune_seed: int = 0  # seed of that validation slice
     ranking_loss: str = "multinomial"  # "multinomial", "weighted_mse" or "none"
     negative_weight: float = 0.1  # weighted_mse: weight of an unrated movie vs a rated one
     rating_weight: float = 10.0  # weight of the masked rating MSE in the objective
@@ -92,6 +103,18 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.wide_lambdas = tuple(float(v) for v in self.wide_lambdas)
+        self.wide_mixes = tuple(float(v) for v in self.wide_mixes)
+        if min((self.wide_mix, *self.wide_mixes)) < 0:
+            raise ValueError("wide_mix and its candidates must be non-negative")
+        self.wide_rating_lambdas = tuple(float(v) for v in self.wide_rating_lambdas)
+        lambdas = (self.wide_lambda, self.wide_rating_lambda)
+        if min((*lambdas, *self.wide_lambdas, *self.wide_rating_lambdas)) <= 0:
+            raise ValueError(
+                "every wide-path λ (wide_lambda(s), wide_rating_lambda(s)) must be > 0"
+            )
+        if not 0.0 < self.tune_frac < 1.0:
+            raise ValueError(f"tune_frac must be in (0, 1), got {self.tune_frac}")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(
                 f"hidden must be a non-empty list of positive sizes, got {self.hidden}"
@@ -135,7 +158,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (tuples become lists)."""
         out = dataclasses.asdict(self)
-        out["hidden"] = list(self.hidden)
+        for key in ("hidden", "wide_lambdas", "wide_rating_lambdas", "wide_mixes"):
+            out[key] = list(out[key])
         return out
 
     @classmethod
@@ -148,16 +172,64 @@ class ModelConfig:
         return cls(**values)
 
 
+def _zero_diagonal_solution(p: np.ndarray) -> np.ndarray:
+    """EASE's constrained solution from P = (G + λI)⁻¹: B = −P / diag(P) with diag(B) = 0."""
+    b = -p / np.diag(p)[None, :]
+    b[np.diag_indices_from(b)] = 0.0
+    return b
+
+
+class GramSolver:
+    """Closed-form zero-diagonal ridge solutions of one Gram matrix G for many λ.
+
+    G = VSVᵀ is decomposed once; (G + λI)⁻¹ = V diag(1/(s + λ)) Vᵀ then costs two matrix
+    products per λ instead of a fresh inverse, which is what makes tuning λ cheap."""
+
+    def __init__(self, gram: np.ndarray) -> None:
+        self.values, self.vectors = np.linalg.eigh(gram)  # (I,), (I, I)
+        self.values = np.clip(self.values, 0.0, None)  # G is PSD; drop round-off negatives
+
+    def solve(self, lam: float) -> np.ndarray:
+        """B = I − P / diag(P), P = (G + λI)⁻¹: (I, I) float64, zero diagonal."""
+        p = (self.vectors / (self.values + lam)[None, :]) @ self.vectors.T
+        return _zero_diagonal_solution(p)
+
+
+def _binary_gram(train: sp.csr_matrix) -> np.ndarray:
+    x = (train > 0).astype(np.float64)
+    return np.asarray((x.T @ x).toarray())  # (I, I)
+
+
 def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
     """Closed-form EASE (Steck 2019) on the binarised matrix: B = I - P / diag(P),
     P = (XᵀX + λI)⁻¹; the diagonal of B is exactly zero. Returns (I, I) float32."""
-    x = (train > 0).astype(np.float64)
-    gram = (x.T @ x).toarray()  # (I, I)
+    gram = _binary_gram(train)
     gram[np.diag_indices_from(gram)] += lam
-    p = np.linalg.inv(gram)
-    b = -p / np.diag(p)[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    return b.astype(np.float32)
+    return _zero_diagonal_solution(np.linalg.inv(gram)).astype(np.float32)
+
+
+def tune_ease_lambda(
+    train: sp.csr_matrix, lambdas: Sequence[float], frac: float, seed: int
+) -> tuple[float | None, dict[float, float]]:
+    """The EASE λ with the best NDCG@10 on a per-user validation slice of ``train`` (the
+    protocol of ``ml.baselines.EASE.tuned``; relevance = held-out rating ≥ 4).
+
+    Returns (best λ, {λ: validation NDCG@10}); best is None when the slice holds no relevant
+    rating (too little data to tune)."""
+    from ml.data import split_per_user  # deferred: ml.data is heavier than this module
+
+    fit_part, val_part = split_per_user(train, frac, seed)
+    relevant = metrics.relevance(val_part)  # (U, I)
+    users = np.flatnonzero(relevant.any(axis=1))
+    if users.size == 0 or fit_part.nnz == 0:
+        return None, {}
+    solver = GramSolver(_binary_gram(fit_part))
+    x = (fit_part[users] > 0).astype(np.float64)  # (V, I)
+    results: dict[float, float] = {}
+    for lam in lambdas:
+        scores = metrics.mask_seen(np.asarray(x @ solver.solve(lam)), fit_part[users])
+        results[float(lam)] = float(np.nanmean(metrics.ndcg_at_k(scores, relevant[users], 10)))
+    return max(results, key=lambda k: results[k]), results
 
 
 def bias_statistics(train: sp.csr_matrix, item_reg: float) -> tuple[float, np.ndarray]:
@@ -172,27 +244,88 @@ def bias_statistics(train: sp.csr_matrix, item_reg: float) -> tuple[float, np.nd
     return mu, (sums / (counts + item_reg)).astype(np.float32)
 
 
-def residual_matrix(
+def user_offsets(
     train: sp.csr_matrix, mu: float, item_bias: np.ndarray, user_reg: float
-) -> sp.csr_matrix:
-    """Observed ratings minus the model's baseline μ + b_i + b_u (b_u shrunk by ``user_reg``,
-    computed from the row exactly as the forward pass does)."""
+) -> np.ndarray:
+    """(U,) user offsets b_u = Σ(r − μ − b_i) / (n_u + ``user_reg``), computed from each row
+    exactly as the forward pass does."""
     coo = sp.coo_matrix(train, dtype=np.float64)
     dev = coo.data - mu - item_bias[coo.col]  # (nnz,)
     counts = np.bincount(coo.row, minlength=train.shape[0])
-    user_bias = np.bincount(coo.row, dev, minlength=train.shape[0]) / (counts + user_reg)
-    return sp.csr_matrix((dev - user_bias[coo.row], (coo.row, coo.col)), shape=train.shape)
+    return np.bincount(coo.row, dev, minlength=train.shape[0]) / (counts + user_reg)
+
+
+def residual_matrix(
+    train: sp.csr_matrix, mu: float, item_bias: np.ndarray, user_reg: float
+) -> sp.csr_matrix:
+    """Observed ratings minus the model's baseline μ + b_i + b_u (see ``user_offsets``)."""
+    coo = sp.coo_matrix(train, dtype=np.float64)
+    user_bias = user_offsets(train, mu, item_bias, user_reg)
+    dev = coo.data - mu - item_bias[coo.col] - user_bias[coo.row]  # (nnz,)
+    return sp.csr_matrix((dev, (coo.row, coo.col)), shape=train.shape)
+
+
+def _dense_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ratings (B, I) float32, observed mask (B, I) bool) of the given rows of ``m``."""
+    dense = np.asarray(sp.csr_matrix(m)[rows].toarray(), dtype=np.float32)
+    return dense, dense != 0
+
+
+def _entries_of_product(
+    left: sp.csr_matrix, right: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1024
+) -> np.ndarray:
+    """``(left @ right)[rows, cols]`` without building the whole (U, I) product: the rows are
+    multiplied ``chunk`` users at a time."""
+    out = np.zeros(rows.size)
+    users = np.unique(rows)
+    for start in range(0, users.size, chunk):
+        block = users[start : start + chunk]
+        dense = np.asarray(left[block] @ right)  # (B, I)
+        local = np.searchsorted(block, rows)
+        sel = (local < block.size) & (block[np.minimum(local, block.size - 1)] == rows)
+        out[sel] = dense[local[sel], cols[sel]]
+    return out
 
 
 def ridge_item_weights(resid: sp.csr_matrix, lam: float) -> np.ndarray:
     """EASE's closed form on residual ratings: W = argmin ‖R − RW‖² + λ‖W‖², diag(W) = 0,
     treating an unobserved residual as 0 (its expectation). (I, I) float32."""
-    gram = (resid.T @ resid).toarray()  # (I, I)
+    gram = np.asarray((resid.T @ resid).toarray())  # (I, I)
     gram[np.diag_indices_from(gram)] += lam
-    p = np.linalg.inv(gram)
-    w = -p / np.diag(p)[None, :]
-    w[np.diag_indices_from(w)] = 0.0
-    return w.astype(np.float32)
+    return _zero_diagonal_solution(np.linalg.inv(gram)).astype(np.float32)
+
+
+def tune_ridge_lambda(
+    train: sp.csr_matrix, config: ModelConfig, lambdas: Sequence[float], frac: float, seed: int
+) -> tuple[float | None, float, dict[float, float]]:
+    """The residual ridge's λ and gain with the best RMSE on a random validation slice of
+    ``train``'s ratings (protocol (a)'s kind of split).
+
+    For each λ the ridge is solved on the rest; a held-out rating is predicted as
+    μ + b_i + b_u + g · (user's residuals @ W)_i, with the gain g fitted in closed form (least
+    squares on the slice). Returns (best λ, its gain, {λ: validation RMSE}); λ is None when the
+    slice is empty."""
+    from ml.data import split_ratings  # deferred: ml.data is heavier than this module
+
+    fit_part, val_part = split_ratings(train, frac, seed)
+    if val_part.nnz == 0 or fit_part.nnz == 0:
+        return None, config.wide_rating_gain, {}
+    mu, item_bias = bias_statistics(fit_part, config.item_bias_reg)
+    resid = residual_matrix(fit_part, mu, item_bias, config.user_bias_reg)
+    user_bias = user_offsets(fit_part, mu, item_bias, config.user_bias_reg)  # (U,)
+    val = val_part.tocoo()
+    target = val.data - mu - item_bias[val.col] - user_bias[val.row]  # (n_val,)
+    solver = GramSolver(np.asarray((resid.T @ resid).toarray()))
+    results: dict[float, tuple[float, float]] = {}
+    base = mu + item_bias[val.col] + user_bias[val.row]  # (n_val,)
+    low, high = float(train.data.min()), float(train.data.max())
+    for lam in lambdas:
+        signal = _entries_of_product(resid, solver.solve(lam), val.row, val.col)  # (n_val,)
+        gain = float(signal @ target / max(float(signal @ signal), 1e-12))
+        pred = np.clip(base + gain * signal, low, high)
+        results[float(lam)] = (float(np.sqrt(np.mean((pred - val.data) ** 2))), gain)
+    best = min(results, key=lambda k: results[k][0])
+    return best, results[best][1], {k: v[0] for k, v in results.items()}
 
 
 class Autoencoder(nn.Module):
@@ -273,7 +406,8 @@ class Autoencoder(nn.Module):
     @classmethod
     def from_data(cls, train: sp.csr_matrix, config: ModelConfig) -> Autoencoder:
         """A fresh model sized for ``train`` with its statistics (global mean, movie biases,
-        rating scale, EASE wide path) computed from the training ratings."""
+        rating scale) computed from the training ratings, and its wide paths' λ tuned on
+        validation slices of them (``tune_closed_form_paths``) then solved on all of them."""
         if not sp.issparse(train):
             raise TypeError("train must be a scipy.sparse CSR matrix")
         train = sp.csr_matrix(train, dtype=np.float32)
@@ -283,6 +417,7 @@ class Autoencoder(nn.Module):
                 train.shape[1],
                 config.wide_max_items,
             )
+        config = dataclasses.replace(config)  # the tuned λ are recorded in the model's copy
         model = cls(train.shape[1], config)
         mu, item_bias = bias_statistics(train, config.item_bias_reg)
         with torch.no_grad():
@@ -290,13 +425,85 @@ class Autoencoder(nn.Module):
             model.item_bias.copy_(torch.from_numpy(item_bias))
             model.rating_min.fill_(float(train.data.min()))
             model.rating_max.fill_(float(train.data.max()))
-            if model.wide is not None:
-                model.wide.copy_(torch.from_numpy(ease_weights(train, config.wide_lambda)))
-            if model.wide_rating is not None:
-                resid = residual_matrix(train, mu, item_bias, config.user_bias_reg)
-                weights = ridge_item_weights(resid, config.wide_rating_lambda)
-                model.wide_rating.copy_(torch.from_numpy(weights))
+        model.tune_closed_form_paths(train)
+        model.fit_closed_form_paths(train)
         return model
+
+    def tune_closed_form_paths(
+        self, train: sp.csr_matrix, seed: int | None = None, rating_path: bool = True
+    ) -> None:
+        """Choose the λ of the wide paths on validation slices of ``train`` (seed: ``seed``, else
+        ``config.tune_seed``) among the config's candidates (EASE: NDCG@10; residual ridge, with
+        ``rating_path``: RMSE, with its gain) and record them in ``self.config``; without
+        candidates or a usable slice the configured λ stay."""
+        cfg = self.config
+        seed = cfg.tune_seed if seed is None else seed
+        if self.wide is not None and cfg.wide_lambdas:
+            best, tried = tune_ease_lambda(train, cfg.wide_lambdas, cfg.tune_frac, seed)
+            logger.info("wide path: validation NDCG@10 per λ %s", tried)
+            if best is not None:
+                cfg.wide_lambda = best
+        if rating_path and self.wide_rating is not None and cfg.wide_rating_lambdas:
+            best, gain, errors = tune_ridge_lambda(
+                train, cfg, cfg.wide_rating_lambdas, cfg.tune_frac, seed
+            )
+            logger.info("residual ridge: validation RMSE per λ %s", errors)
+            if best is not None and self.wide_rating_gain is not None:
+                cfg.wide_rating_lambda, cfg.wide_rating_gain = best, gain
+                with torch.no_grad():
+                    self.wide_rating_gain.fill_(gain)
+
+    @torch.no_grad()
+    def fit_closed_form_paths(self, train: sp.csr_matrix, rating_path: bool = True) -> None:
+        """Solve the wide paths (EASE, and with ``rating_path`` the residual ridge) in closed
+        form on ``train`` with the configured λ and the model's own biases. Cheap next to
+        training, so a caller may refit them on more data after the deep part has been trained
+        (in the default "ensemble" mode the deep head never reads the EASE path)."""
+        train = sp.csr_matrix(train, dtype=np.float32)
+        if train.shape[1] != self.n_items:
+            raise ValueError(f"train has {train.shape[1]} movies, the model {self.n_items}")
+        cfg = self.config
+        if self.wide is not None:
+            self.wide.copy_(torch.from_numpy(ease_weights(train, cfg.wide_lambda)))
+        if rating_path and self.wide_rating is not None:
+            mu, item_bias = float(self.global_mean), self.item_bias.cpu().numpy()
+            resid = residual_matrix(train, mu, item_bias, cfg.user_bias_reg)
+            weights = ridge_item_weights(resid, cfg.wide_rating_lambda)
+            self.wide_rating.copy_(torch.from_numpy(weights))
+
+    @torch.no_grad()
+    def choose_wide_mix(self, train: sp.csr_matrix, held_out: sp.csr_matrix) -> dict[float, float]:
+        """Set ``config.wide_mix`` to the candidate of ``config.wide_mixes`` with the best
+        NDCG@10 on ``held_out`` (ratings the deep head was not trained on; relevance = rating
+        ≥ 4), each user's list ranked from their ``train`` row. 0 — EASE alone — is kept unless
+        the deep correction measurably helps. Returns {mix: NDCG@10}; a model without the
+        "ensemble" EASE path, candidates or relevant held-out ratings keeps its mix."""
+        cfg = self.config
+        if self.wide is None or cfg.wide_mode != "ensemble" or not cfg.wide_mixes:
+            return {}
+        relevant = metrics.relevance(sp.csr_matrix(held_out))  # (U, I)
+        users = np.flatnonzero(relevant.any(axis=1))
+        if users.size == 0:
+            return {}
+        mixes = sorted(set(cfg.wide_mixes))
+        per_mix: dict[float, list[np.ndarray]] = {mix: [] for mix in mixes}
+        was_training = self.training
+        self.eval()
+        for start in range(0, users.size, 512):  # bounded (B, I) blocks
+            rows = users[start : start + 512]
+            x, m = (torch.from_numpy(a) for a in _dense_rows(train, rows))
+            _, logits = self._heads(x, m, training_logits=True)
+            binary = m.to(self.wide.dtype)
+            wide = (binary @ self.wide - binary * torch.diagonal(self.wide)).numpy()  # (B, I)
+            deep = F.log_softmax(logits, dim=1).numpy()
+            for mix in mixes:
+                ranked = metrics.mask_seen(wide + mix * deep, m.numpy())
+                per_mix[mix].append(metrics.ndcg_at_k(ranked, relevant[rows], 10))
+        self.train(was_training)
+        results = {mix: float(np.nanmean(np.concatenate(v))) for mix, v in per_mix.items()}
+        best = max(results.values())
+        cfg.wide_mix = min(k for k, v in results.items() if v == best)
+        return results
 
     def architecture(self) -> dict[str, Any]:
         """JSON-serialisable arguments that rebuild an empty module of the same shape."""
