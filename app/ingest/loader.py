@@ -2,10 +2,10 @@
 
 PostgreSQL: ratings are streamed with ``COPY ... FROM STDIN (FORMAT BINARY)`` (rows built by
 numpy, no Python object per rating) into a temporary staging table and merged at the end with
-one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``; a large first load copies straight into
-``ratings`` with its keys rebuilt once at the end. SQLite: large ``executemany`` batches of
-upserts. Either way the whole import is one transaction: an error anywhere rolls it back and
-leaves the store exactly as it was.
+one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``; a large first load streams every chunk
+through one ``COPY`` straight into ``ratings`` with its keys rebuilt once at the end. SQLite:
+large ``executemany`` batches of upserts. Either way the whole import is one transaction: an
+error anywhere rolls it back and leaves the store exactly as it was.
 
 Merge rules, the same on both backends: a rating replaces the stored one for the same user and
 movie when it is newer (``rated_at``), or equally new with a different value; within one input
@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,10 @@ class StoreWriter(ABC):
     def finish(self) -> WriteResult:
         """Complete the merge and count what changed (the caller commits). May raise
         :class:`RestartStaged` once: then the same chunks must be written again."""
+
+    def abort(self, error: BaseException) -> None:  # noqa: B027 - optional hook
+        """Release what an unfinished import holds open before the rollback (nothing by
+        default)."""
 
 
 def _movie_rows(movies: pd.DataFrame) -> list[tuple[Any, ...]]:
@@ -306,7 +310,13 @@ def _add_constraint(name: str, definition: str) -> sql.Composed:
 
 
 def encode_copy_binary(columns: list[tuple[str, np.ndarray]]) -> bytes:
-    """Rows as one PostgreSQL binary COPY payload, built by numpy without a Python loop.
+    """Rows as one complete PostgreSQL binary COPY payload (signature, rows, trailer)."""
+    return _PG_SIGNATURE + encode_copy_rows(columns) + _PG_TRAILER
+
+
+def encode_copy_rows(columns: list[tuple[str, np.ndarray]]) -> bytes:
+    """Rows in PostgreSQL's binary COPY layout, built by numpy without a Python loop; without
+    signature and trailer, so that many chunks can follow each other in one ``COPY``.
 
     ``columns`` are ``(type, values)`` pairs, the type one of int4, int8, float8 or timestamptz
     (given in Unix seconds). Each row is a field count, then a length and a value per field.
@@ -321,7 +331,7 @@ def encode_copy_binary(columns: list[tuple[str, np.ndarray]]) -> bytes:
         if kind == "timestamptz":  # microseconds since 2000-01-01 UTC
             values = (values.astype(np.int64) - PG_EPOCH_OFFSET) * 1_000_000
         rows[f"value{index}"] = values
-    return _PG_SIGNATURE + rows.tobytes() + _PG_TRAILER
+    return rows.tobytes()
 
 
 def rating_columns(chunk: pd.DataFrame, with_line: bool) -> list[tuple[str, np.ndarray]]:
@@ -356,10 +366,11 @@ class PostgresWriter(StoreWriter):
     """Two ways in, both inside the one import transaction.
 
     - Direct (a large first load into an empty ratings table): the table's keys and indexes are
-      dropped, chunks are copied straight into ``ratings``, users are derived in numpy, and the
-      keys are rebuilt at the end. Rebuilding the primary key is what detects a duplicate
-      (user, movie) pair in the input; then everything since a savepoint is undone and
-      :class:`RestartStaged` asks for the chunks again.
+      dropped, chunks are streamed through one ``COPY`` straight into ``ratings`` (the server
+      never waits for the next chunk's round trip: it parses one while Python encodes the
+      next), users are derived in numpy, and the keys are rebuilt at the end. Rebuilding the
+      primary key is what detects a duplicate (user, movie) pair in the input; then everything
+      since a savepoint is undone and :class:`RestartStaged` asks for the chunks again.
     - Staged (otherwise): chunks are copied into a temporary table and merged at the end with
       ``INSERT ... ON CONFLICT DO UPDATE`` (newest wins, then the last line).
     """
@@ -376,6 +387,8 @@ class PostgresWriter(StoreWriter):
         self.mode: str | None = None  # "direct" or "staged", chosen at the first chunk
         self.written = 0
         self.first_seen: list[pd.Series] = []  # per chunk: earliest rating time per user
+        self.stream: Any = None  # the open ``COPY ratings`` of a direct load (a psycopg Copy)
+        self.stream_context: Any = None  # the context manager that opened it
 
     def movie_ids(self) -> np.ndarray:
         self.cursor.execute("SELECT id FROM movies")
@@ -405,15 +418,40 @@ class PostgresWriter(StoreWriter):
         if self.mode is None:
             self.mode = self._choose_mode(len(chunk))
         if self.mode == "direct":
-            target = "ratings (user_id, movie_id, rating, rated_at)"
-            payload = encode_copy_binary(rating_columns(chunk, with_line=False))
+            if self.stream is None:
+                self._open_stream()
             self.first_seen.append(chunk.groupby("user_id", sort=False)["timestamp"].min())
+            self.stream.write(encode_copy_rows(rating_columns(chunk, with_line=False)))
         else:
-            target = "movierec_stage_ratings"
             payload = encode_copy_binary(rating_columns(chunk, with_line=True))
-        with self.cursor.copy(f"COPY {target} FROM STDIN (FORMAT BINARY)") as copy:
-            copy.write(payload)
+            with self.cursor.copy("COPY movierec_stage_ratings FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(payload)
         self.written += len(chunk)
+
+    def _open_stream(self) -> None:
+        """Start the one ``COPY`` that every chunk of a direct load is written into."""
+        self.stream_context = self.cursor.copy(
+            "COPY ratings (user_id, movie_id, rating, rated_at) FROM STDIN (FORMAT BINARY)"
+        )
+        self.stream = self.stream_context.__enter__()
+        self.stream.write(_PG_SIGNATURE)
+
+    def _close_stream(self, error: BaseException | None) -> None:
+        """End the direct load's ``COPY``: completed, or failed with ``error`` (the server then
+        discards it, and the transaction can be rolled back)."""
+        if self.stream is None:
+            return
+        stream, context = self.stream, self.stream_context
+        self.stream = self.stream_context = None
+        if error is None:
+            stream.write(_PG_TRAILER)
+            context.__exit__(None, None, None)
+        else:
+            context.__exit__(type(error), error, error.__traceback__)
+
+    def abort(self, error: BaseException) -> None:
+        with suppress(psycopg.Error):  # the connection is rolled back next either way
+            self._close_stream(error)
 
     def finish(self) -> WriteResult:
         direct = self.mode == "direct"
@@ -424,6 +462,7 @@ class PostgresWriter(StoreWriter):
         return _result(self.before, after, self.movies_changed, ratings_changed)
 
     def _finish_direct(self) -> int:
+        self._close_stream(None)
         first = pd.concat(self.first_seen).groupby(level=0).min()
         self.cursor.execute(_PG_STAGE_USERS)
         users = [("int4", first.index.to_numpy()), ("timestamptz", first.to_numpy())]
@@ -464,9 +503,9 @@ def open_writer(database_url: str) -> Iterator[StoreWriter]:
     succeeds and rolls back on any error."""
     engine = make_engine(database_url)
     raw = engine.raw_connection()
+    writer: StoreWriter | None = None
     try:
         driver = raw.driver_connection
-        writer: StoreWriter
         if engine.dialect.name == "postgresql":
             writer = PostgresWriter(driver)
         elif engine.dialect.name == "sqlite":
@@ -475,7 +514,9 @@ def open_writer(database_url: str) -> Iterator[StoreWriter]:
             raise ValueError(f"unsupported database {engine.dialect.name!r}")
         yield writer
         raw.commit()
-    except BaseException:
+    except BaseException as exc:
+        if writer is not None:
+            writer.abort(exc)
         raw.rollback()
         raise
     finally:

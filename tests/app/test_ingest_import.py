@@ -241,6 +241,30 @@ def test_postgres_first_load_with_duplicate_pairs_restarts_staged(bulk, tmp_path
     assert ratings_keys(database.url) == keys
 
 
+def test_postgres_first_load_streams_chunks_through_one_copy(bulk, tmp_path: Path) -> None:
+    """Many small blocks go through the one open COPY: same rows as one block would give."""
+    database, keys = bulk
+    lines = [f"{user},{movie},{(user + movie) % 9 / 2 + 0.5},{1000 + user}"
+             for user in range(1, 4) for movie in range(1, 4)]  # fmt: skip
+    summary = run(database.url, tmp_path, lines, GOOD_MOVIES, block_bytes=16)
+    ratings = snapshot(database.url)[2]
+    assert len(ratings) == 9 and summary.written.ratings_added == 9
+    assert ratings[(2, 3)] == ((2 + 3) % 9 / 2 + 0.5, 1002)
+    assert ratings_keys(database.url) == keys
+
+
+def test_postgres_invalid_line_in_a_later_chunk_aborts_the_open_copy(bulk, tmp_path: Path) -> None:
+    """A parse error after the direct COPY has started cancels it; the store is unchanged and
+    its connection usable for the next import."""
+    database, keys = bulk
+    lines = ["1,1,3.0,2000", "1,2,4.5,1000", "2,3,2.0,500", "2,1,7.0,700"]
+    with pytest.raises(IngestError, match=r"ratings\.csv:5: rating 7\.0 is outside"):
+        run(database.url, tmp_path, lines, GOOD_MOVIES, block_bytes=16)
+    assert snapshot(database.url) == ({}, {}, {})
+    assert ratings_keys(database.url) == keys
+    assert run(database.url, tmp_path, lines[:3], GOOD_MOVIES).written.ratings_added == 3
+
+
 def test_postgres_failure_while_rebuilding_keys_rolls_back(bulk) -> None:
     database, keys = bulk
     chunk = pd.DataFrame({"user_id": [1], "movie_id": [404], "rating": [3.0], "timestamp": [1],
