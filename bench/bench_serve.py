@@ -14,6 +14,10 @@ SQLite store with the project's own commands (`movierec db upgrade`, `movierec d
 Results go to ``<dir>/serve-results.json`` and a Markdown table on stdout.
 
     python bench/bench_serve.py --dir var/bench/serve --duration 10 --connections 8
+
+``--trees LABEL=DIR,...`` serves from source trees of other revisions (e.g. unpacked with
+``git archive REV | tar -x -C DIR``), one after the other against the same store and model, so
+that the effect of each change is measured side by side in one run on the same machine state.
 """
 
 from __future__ import annotations
@@ -117,11 +121,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(scenario: Scenario, port: int) -> subprocess.Popen[bytes]:
+SERVE_FROM_TREE = "import sys; from app.cli import main; sys.exit(main())"
+
+
+def start_server(
+    scenario: Scenario, port: int, tree: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`movierec serve` of the installed package, or of the source tree ``tree``."""
     log = (scenario.folder / "serve.log").open("wb")
+    env = scenario.env()
+    command = ["movierec"]
+    if tree is not None:
+        command = [sys.executable, "-c", SERVE_FROM_TREE]
+        env["PYTHONPATH"] = str(tree.resolve())
     process = subprocess.Popen(
         [
-            "movierec",
+            *command,
             "serve",
             "--no-worker",
             "--workers",
@@ -131,7 +146,8 @@ def start_server(scenario: Scenario, port: int) -> subprocess.Popen[bytes]:
             "--port",
             str(port),
         ],
-        env=scenario.env(),
+        env=env,
+        cwd=tree.resolve() if tree is not None else None,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -194,14 +210,18 @@ def wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, An
     return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
 
 
-def measure(scenario: Scenario, duration: int, connections: int) -> None:
+def measure(
+    scenario: Scenario, duration: int, connections: int, label: str, tree: Path | None
+) -> None:
+    """ping, full load and half rate against one server; results under ``label``."""
     port = free_port()
+    print(f"-- {scenario.name}: {label}", flush=True)
     try:
-        server = start_server(scenario, port)
+        server = start_server(scenario, port, tree)
     except ModelRefused as exc:
         print(f"the active model does not load ({exc}); training a new one", flush=True)
         train(scenario, only_if_no_model=False)
-        server = start_server(scenario, port)
+        server = start_server(scenario, port, tree)
     base = f"http://127.0.0.1:{port}"
     try:
         ids = user_ids(scenario)
@@ -222,7 +242,7 @@ def measure(scenario: Scenario, duration: int, connections: int) -> None:
         results["ratio"] = round(results["recommendations"]["rps"] / results["ping"]["rps"], 3)
         with urllib.request.urlopen(f"{base}/readyz") as r:
             results["model_version"] = json.load(r)["model"]["version"]
-        scenario.results = results
+        scenario.results[label] = results
     finally:
         stop_server(server)
 
@@ -232,23 +252,38 @@ def markdown(scenarios: list[Scenario], duration: int, connections: int) -> str:
         f"wrk -t1 -c{connections} -d{duration}s; one uvicorn worker (`movierec serve --no-worker`),"
         " SQLite store, CPU, torch 1 thread, log level WARNING.",
         "",
-        "| catalogue | endpoint | requests/s | p50 ms | p95 ms | p99 ms | non-2xx |",
-        "|---|---|---|---|---|---|---|",
+        "| catalogue | code | endpoint | requests/s | p50 ms | p95 ms | p99 ms | non-2xx |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in scenarios:
-        r = s.results
-        for key, label in (
-            ("ping", "GET /v1/ping (ceiling)"),
-            ("recommendations", "GET /v1/users/{id}/recommendations"),
-            ("half_rate", "recommendations at half the max rate"),
-        ):
-            m = r[key]
+        for code, r in s.results.items():
+            for key, label in (
+                ("ping", "GET /v1/ping (ceiling)"),
+                ("recommendations", "GET /v1/users/{id}/recommendations"),
+                ("half_rate", "recommendations at half the max rate"),
+            ):
+                m = r[key]
+                rows.append(
+                    f"| {s.name} | {code} | {label} | {m['rps']:.0f} | {m['p50_ms']:.2f} | "
+                    f"{m['p95_ms']:.2f} | {m['p99_ms']:.2f} | {m['non_2xx']} |"
+                )
             rows.append(
-                f"| {s.name} | {label} | {m['rps']:.0f} | {m['p50_ms']:.2f} | "
-                f"{m['p95_ms']:.2f} | {m['p99_ms']:.2f} | {m['non_2xx']} |"
+                f"| {s.name} | {code} | ratio recommendations / ping | {r['ratio']:.2f} | | | | | |"
             )
-        rows.append(f"| {s.name} | ratio recommendations / ping | {r['ratio']:.2f} | | | | |")
     return "\n".join(rows)
+
+
+def parse_trees(value: str | None) -> list[tuple[str, Path | None]]:
+    """``"base=DIR,new=DIR2"`` → labelled source trees; none → the installed package."""
+    if not value:
+        return [("installed", None)]
+    trees: list[tuple[str, Path | None]] = []
+    for part in value.split(","):
+        label, sep, folder = part.partition("=")
+        if not sep or not label or not Path(folder, "app", "cli").is_dir():
+            raise SystemExit(f"--trees: {part!r} is not LABEL=DIR of a source tree with app/cli")
+        trees.append((label, Path(folder)))
+    return trees
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synth-users", type=int, default=2000)
     p.add_argument("--synth-ratings", type=int, default=200_000)
     p.add_argument("--rebuild", action="store_true", help="rebuild stores and models")
+    p.add_argument("--trees", help="LABEL=DIR,...: serve from these source trees in turn")
     args = p.parse_args(argv)
+    trees = parse_trees(args.trees)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
@@ -313,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [known[name] for name in args.catalogues.split(",")]
     for scenario in scenarios:
         build_store(scenario, args.rebuild)
-        measure(scenario, args.duration, args.connections)
+        for label, tree in trees:
+            measure(scenario, args.duration, args.connections, label, tree)
         print(json.dumps(scenario.results, indent=2), flush=True)
     out = args.dir / "serve-results.json"
     out.write_text(json.dumps({s.name: asdict(s)["results"] for s in scenarios}, indent=2))

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, delete, event, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -97,16 +98,20 @@ class RatingsReader:
 
     def _rows(self, sql: str, user_id: int) -> list[Any]:
         """Rows of one single-parameter query; one retry on a fresh connection."""
+        driver_error = self.engine.dialect.loaded_dbapi.Error
         for attempt in range(2):
-            conn = self._connection()
             try:
+                conn = self._connection()
                 if self._sqlite:
                     return conn.execute(sql, (user_id,)).fetchall()  # type: ignore[no-any-return]
                 return conn.execute(sql, (user_id,), prepare=True).fetchall()  # type: ignore[no-any-return]
-            except Exception:
+            except Exception as exc:
                 self._drop_own()
-                if attempt:
-                    raise
+                if not attempt:
+                    continue
+                if isinstance(exc, driver_error):  # as SQLAlchemy raises it: the API's 503
+                    raise DBAPIError.instance(sql, (user_id,), exc, driver_error) from exc
+                raise
         raise AssertionError("unreachable")
 
     def for_user(self, user_id: int) -> dict[int, float]:
