@@ -56,7 +56,8 @@ MAX_ID = 2**31 - 1  # ids are 32-bit INTEGER columns in the store
 MIN_RATING, MAX_RATING = 0.5, 5.0
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31 23:59:59 UTC
 MAX_TEXT = 512  # movies.title and movies.genres are VARCHAR(512)
-BLOCK_BYTES = 16 * 2**20  # ratings are parsed ~16 MiB (about 800,000 lines) at a time
+BLOCK_BYTES = 4 * 2**20  # ratings are parsed ~4 MiB (about 160,000 lines) at a time: a smaller
+# block stays in the CPU caches and lets the server start sooner (less Python time measured)
 
 RATING_ROLES = ("user_id", "movie_id", "rating", "timestamp")
 # Header names of the CSV formats, mapped to the role they play.

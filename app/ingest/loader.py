@@ -16,10 +16,11 @@ earliest known rating time.
 from __future__ import annotations
 
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,9 @@ class WriteResult:
     users_added: int
     ratings_added: int
     ratings_updated: int
+    # Seconds spent in each phase of the write, where the writer measures them (the benchmark
+    # prints them); not part of what changed.
+    phases: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 class StoreWriter(ABC):
@@ -274,7 +278,7 @@ ORDER BY i.relname
 """
 
 
-def _drop_ratings_keys(cursor: Any) -> Callable[[], None]:
+def _drop_ratings_keys(cursor: Any) -> Callable[..., None]:
     """Drop the key, foreign keys and indexes of ``ratings``; the returned function recreates
     them from their own catalogue definitions (so they come back exactly as the migrations
     made them), the primary key first.
@@ -292,13 +296,18 @@ def _drop_ratings_keys(cursor: Any) -> Callable[[], None]:
             sql.SQL("ALTER TABLE ratings DROP CONSTRAINT {}").format(sql.Identifier(name))
         )
 
-    def rebuild() -> None:
-        for name, definition in constraints[:1]:  # the primary key
-            cursor.execute(_add_constraint(name, definition))
-        for _, definition in indexes:
-            cursor.execute(sql.SQL(definition))
-        for name, definition in constraints[1:]:
-            cursor.execute(_add_constraint(name, definition))
+    def rebuild(phases: dict[str, float] | None = None) -> None:
+        """Recreate everything dropped; ``phases`` receives the seconds each one took."""
+        steps: list[tuple[str, sql.Composable]] = [
+            (name, _add_constraint(name, definition)) for name, definition in constraints[:1]
+        ]
+        steps += [(name, sql.SQL(definition)) for name, definition in indexes]
+        steps += [(name, _add_constraint(name, definition)) for name, definition in constraints[1:]]
+        for name, statement in steps:
+            started = time.perf_counter()
+            cursor.execute(statement)
+            if phases is not None:
+                phases[name] = time.perf_counter() - started
 
     return rebuild
 
@@ -389,6 +398,7 @@ class PostgresWriter(StoreWriter):
         self.first_seen: list[pd.Series] = []  # per chunk: earliest rating time per user
         self.stream: Any = None  # the open ``COPY ratings`` of a direct load (a psycopg Copy)
         self.stream_context: Any = None  # the context manager that opened it
+        self.phases: dict[str, float] = {}
 
     def movie_ids(self) -> np.ndarray:
         self.cursor.execute("SELECT id FROM movies")
@@ -435,6 +445,7 @@ class PostgresWriter(StoreWriter):
         )
         self.stream = self.stream_context.__enter__()
         self.stream.write(_PG_SIGNATURE)
+        self.stream_started = time.perf_counter()
 
     def _close_stream(self, error: BaseException | None) -> None:
         """End the direct load's ``COPY``: completed, or failed with ``error`` (the server then
@@ -459,18 +470,22 @@ class PostgresWriter(StoreWriter):
         after = {t: _count(self.cursor, t) for t in ("movies", "users")}
         # A direct load filled an empty, locked table: no need to count it again.
         after["ratings"] = ratings_changed if direct else _count(self.cursor, "ratings")
-        return _result(self.before, after, self.movies_changed, ratings_changed)
+        result = _result(self.before, after, self.movies_changed, ratings_changed)
+        return replace(result, phases=dict(self.phases))
 
     def _finish_direct(self) -> int:
         self._close_stream(None)
+        started = time.perf_counter()
+        self.phases["ratings streamed (parse overlapped)"] = started - self.stream_started
         first = pd.concat(self.first_seen).groupby(level=0).min()
         self.cursor.execute(_PG_STAGE_USERS)
         users = [("int4", first.index.to_numpy()), ("timestamptz", first.to_numpy())]
         with self.cursor.copy("COPY movierec_stage_users FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(encode_copy_binary(users))
         self.cursor.execute(_PG_USERS_FROM_STAGE)
+        self.phases["users"] = time.perf_counter() - started
         try:
-            self.rebuild()
+            self.rebuild(self.phases)
         except psycopg.errors.UniqueViolation as exc:
             self.cursor.execute("ROLLBACK TO SAVEPOINT movierec_direct")
             self.mode, self.written, self.first_seen = "staged", 0, []
