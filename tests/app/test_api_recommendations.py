@@ -57,6 +57,32 @@ class TestUserRecommendations:
         ).json()
         assert not set(top) & set(ids(excluded))
 
+    def test_an_exclusion_does_not_stick_to_the_cached_filter(self, client: TestClient) -> None:
+        drama = {"n": 3, "genres": "drama"}
+        top = ids(client.get("/v1/users/2/recommendations", params=drama).json())
+        params = {**drama, "exclude": str(top[0])}
+        without = ids(client.get("/v1/users/2/recommendations", params=params).json())
+        assert top[0] not in without and without[:2] == top[1:]
+        assert ids(client.get("/v1/users/2/recommendations", params=drama).json()) == top
+
+    def test_concurrent_requests_each_get_their_own_list(self, client: TestClient) -> None:
+        import asyncio
+
+        import httpx
+
+        async def ask_all() -> list[httpx.Response]:
+            transport = httpx.ASGITransport(app=client.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                return await asyncio.gather(
+                    *(http.get(f"/v1/users/{u}/recommendations?n=4") for u in (2, 3, 4, 2))
+                )
+
+        answers = asyncio.run(ask_all())
+        for user, r in zip((2, 3, 4, 2), answers, strict=True):
+            assert r.status_code == 200
+            assert ids(r.json()) == ids(client.get(f"/v1/users/{user}/recommendations?n=4").json())
+            assert not set(ids(r.json())) & rated_by(user)
+
     def test_any_of_several_genres_and_unknown_genre_matches_nothing(
         self, client: TestClient
     ) -> None:

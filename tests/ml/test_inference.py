@@ -155,3 +155,42 @@ def test_round_trip_through_two_loads_gives_identical_scores(ckpt: Path) -> None
     a = Recommender.from_checkpoint(ckpt).score(USER)
     b = Recommender.from_checkpoint(ckpt).score(USER)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_top_k_rows_agrees_with_recommend_for_each_row(rec: Recommender) -> None:
+    users = [USER, {1006: 2.0, 1009: 5.0}, {1012: 4.0}]
+    everything = np.ones(rec.n_items, dtype=bool)
+    some = rec.movie_ids % 2 == 0
+    masks = [everything, some, everything]
+    rows = [rec._encode(u) for u in users]
+    got = rec.top_k_rows(rows, [5, 3, 40], masks)
+    for user, mask, k, (movie_ids, scores, preds) in zip(
+        users, masks, [5, 3, 40], got, strict=True
+    ):
+        expected = rec.recommend(user, n=k, allowed=mask)
+        assert movie_ids.tolist() == ids(expected)
+        assert scores.tolist() == pytest.approx([e.score for e in expected], rel=1e-5)
+        assert preds.tolist() == pytest.approx([e.predicted_rating for e in expected], rel=1e-5)
+        assert not set(movie_ids.tolist()) & set(user)
+        assert all(mask[rec.columns(movie_ids)])
+    assert len(got[2][0]) == rec.n_items - 1  # all but the rated movie, never more
+    with pytest.raises(ValueError, match="shape"):
+        rec.top_k_rows(rows[:1], [3], [np.ones(3, dtype=bool)])
+
+
+def test_bfloat16_weights_give_nearly_the_same_answers(rec: Recommender, ckpt: Path) -> None:
+    half = Recommender.from_checkpoint(ckpt, device="cpu", precision="bfloat16")
+    assert half.precision == "bfloat16"
+    assert all(p.dtype == torch.bfloat16 for p in half.model.parameters())
+    pred, scores = half.score(USER)
+    assert pred.dtype == np.float32 and scores.dtype == np.float32
+    full_pred, full_scores = rec.score(USER)
+    assert np.abs(pred - full_pred).max() < 0.1  # bfloat16 keeps about 3 significant digits
+    assert np.corrcoef(scores, full_scores)[0, 1] > 0.99
+    assert not set(ids(half.recommend(USER, n=10))) & set(USER)
+
+
+def test_precision_auto_keeps_float32_for_small_catalogues_and_bad_names_fail(ckpt: Path) -> None:
+    assert Recommender.from_checkpoint(ckpt, precision="auto").precision == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        Recommender.from_checkpoint(ckpt, precision="int3")
