@@ -140,9 +140,11 @@ def _train_autoencoder(
 ) -> tuple[Autoencoder, dict[str, Any]]:
     """Fit one autoencoder with early stopping on a slice of ``train``; returns it and facts.
 
-    With ``ease_lambdas`` (the ranking protocol) the EASE path is then finished as the service
-    should use it: the weight of the deep correction is chosen on the early-stopping slice
-    (``Autoencoder.choose_wide_mix``), then the path is tuned and solved again on all of
+    The model is then finished on the early-stopping slice, which its weights never saw:
+    monitoring RMSE (the rating protocol), the scales of its two rating paths are refitted by
+    least squares (``Autoencoder.calibrate_rating_paths``); with ``ease_lambdas`` (the ranking
+    protocol) the weight of the deep correction beside EASE is chosen
+    (``Autoencoder.choose_wide_mix``), then the EASE path is tuned and solved again on all of
     ``train`` (:func:`refit_wide_path`)."""
     cfg = dataclasses.replace(
         config,
@@ -157,6 +159,8 @@ def _train_autoencoder(
     best = next((h["best_epoch"] for h in reversed(history) if "best_epoch" in h), len(history))
     facts: dict[str, Any] = {"epochs_run": len(history), "best_epoch": best}
     facts["train_seconds"] = round(time.perf_counter() - started, 2)
+    if monitor == "rmse" and stop_part.nnz:
+        facts["calibration"] = model.calibrate_rating_paths(fit_part, stop_part)
     if ease_lambdas and model.wide is not None:
         tried = model.choose_wide_mix(fit_part, stop_part)
         facts["wide_mix"] = model.config.wide_mix

@@ -265,6 +265,18 @@ def residual_matrix(
     return sp.csr_matrix((dev, (coo.row, coo.col)), shape=train.shape)
 
 
+def _clearly_better(values: np.ndarray, reference: np.ndarray | None) -> bool:
+    """Whether per-user ``values`` beat ``reference`` by more than two standard errors of the
+    paired difference (users where either is NaN ignored); True without a reference."""
+    if reference is None:
+        return True
+    diff = values - reference
+    diff = diff[np.isfinite(diff)]
+    if diff.size < 2:
+        return False
+    return bool(diff.mean() > 2.0 * diff.std(ddof=1) / np.sqrt(diff.size))
+
+
 def _dense_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ratings (B, I) float32, observed mask (B, I) bool) of the given rows of ``m``."""
     dense = np.asarray(sp.csr_matrix(m)[rows].toarray(), dtype=np.float32)
@@ -475,9 +487,10 @@ class Autoencoder(nn.Module):
     def choose_wide_mix(self, train: sp.csr_matrix, held_out: sp.csr_matrix) -> dict[float, float]:
         """Set ``config.wide_mix`` to the candidate of ``config.wide_mixes`` with the best
         NDCG@10 on ``held_out`` (ratings the deep head was not trained on; relevance = rating
-        ≥ 4), each user's list ranked from their ``train`` row. 0 — EASE alone — is kept unless
-        the deep correction measurably helps. Returns {mix: NDCG@10}; a model without the
-        "ensemble" EASE path, candidates or relevant held-out ratings keeps its mix."""
+        ≥ 4), each user's list ranked from their ``train`` row — but only when it beats 0 (EASE
+        alone) by more than two standard errors of the per-user difference: a small slice must
+        not let noise in. Returns {mix: NDCG@10}; a model without the "ensemble" EASE path,
+        candidates or relevant held-out ratings keeps its mix."""
         cfg = self.config
         if self.wide is None or cfg.wide_mode != "ensemble" or not cfg.wide_mixes:
             return {}
@@ -500,10 +513,77 @@ class Autoencoder(nn.Module):
                 ranked = metrics.mask_seen(wide + mix * deep, m.numpy())
                 per_mix[mix].append(metrics.ndcg_at_k(ranked, relevant[rows], 10))
         self.train(was_training)
-        results = {mix: float(np.nanmean(np.concatenate(v))) for mix, v in per_mix.items()}
-        best = max(results.values())
-        cfg.wide_mix = min(k for k, v in results.items() if v == best)
+        per_user = {mix: np.concatenate(v) for mix, v in per_mix.items()}
+        results = {mix: float(np.nanmean(v)) for mix, v in per_user.items()}
+        best = max(results, key=lambda k: (results[k], -k))
+        cfg.wide_mix = best if _clearly_better(per_user[best], per_user.get(0.0)) else 0.0
         return results
+
+    @torch.no_grad()
+    def calibrate_rating_paths(
+        self, train: sp.csr_matrix, held_out: sp.csr_matrix
+    ) -> dict[str, float]:
+        """Refit the scales of the two rating paths — the deep rating head's output and the
+        residual ridge's gain — by least squares on ``held_out`` ratings the model was not
+        trained on, each predicted from its user's ``train`` row; the bias baseline stays.
+
+        The deep scale is folded into the rating head's weights and bias, the ridge scale into
+        its gain, so the module keeps its parameters. Returns the fitted scales and the
+        held-out RMSE before and after ({} when there is nothing to fit)."""
+        if not self.config.baseline or held_out.nnz == 0:
+            return {}
+        held = sp.coo_matrix(held_out)
+        users = np.unique(held.row)
+        parts: list[np.ndarray] = []  # rows of (base, deep, ridge, target)
+        for start in range(0, users.size, 512):
+            rows = users[start : start + 512]
+            x, m = (torch.from_numpy(a) for a in _dense_rows(train, rows))
+            sel = np.isin(held.row, rows)
+            local = np.searchsorted(rows, held.row[sel])
+            parts.append(self._rating_parts(x, m, local, held.col[sel], held.data[sel]))
+        base, deep, ridge, target = np.concatenate(parts, axis=1)
+        features = np.stack([deep, ridge], axis=1)  # (n, 2)
+        if self.wide_rating is None or self.wide_rating_gain is None:
+            features = features[:, :1]
+        scales, *_ = np.linalg.lstsq(features, target - base, rcond=None)
+        low, high = float(self.rating_min), float(self.rating_max)
+
+        def rmse(pred: np.ndarray) -> float:
+            return float(np.sqrt(np.mean((np.clip(pred, low, high) - target) ** 2)))
+
+        before = rmse(base + deep + ridge)
+        after = rmse(base + features @ scales)
+        out = {"deep_scale": float(scales[0]), "rmse_before": before, "rmse_after": after}
+        self.rating_head.weight.mul_(float(scales[0]))
+        self.rating_head.bias.mul_(float(scales[0]))
+        if features.shape[1] == 2 and self.wide_rating_gain is not None:
+            self.wide_rating_gain.mul_(float(scales[1]))
+            out["ridge_scale"] = float(scales[1])
+        return out
+
+    def _rating_parts(
+        self, x: Tensor, m: Tensor, rows: np.ndarray, cols: np.ndarray, target: np.ndarray
+    ) -> np.ndarray:
+        """(4, n) bias baseline, deep head output, ridge term and target at the given entries
+        of a dense batch, in eval mode (for ``calibrate_rating_paths``)."""
+        was_training = self.training
+        self.eval()
+        mask = m.to(self.input_bias.dtype)
+        dev = (x - self.global_mean - self.item_bias) * mask
+        n = mask.sum(1, keepdim=True)  # (B, 1)
+        user_bias = dev.sum(1, keepdim=True) / (n + self.config.user_bias_reg)  # (B, 1)
+        base = self.global_mean + self.item_bias + user_bias  # (B, I)
+        full, _ = self._heads(x, m)  # base + deep + ridge, unclamped
+        ridge = torch.zeros_like(full)
+        if self.wide_rating is not None and self.wide_rating_gain is not None:
+            resid = (dev - user_bias) * mask
+            wide_r = resid @ self.wide_rating - resid * torch.diagonal(self.wide_rating)
+            ridge = self.wide_rating_gain * wide_r
+        deep = full - base - ridge
+        self.train(was_training)
+        r, c = torch.from_numpy(rows), torch.from_numpy(cols)
+        picked = [t[r, c].double().numpy() for t in (base, deep, ridge)]
+        return np.stack([*picked, np.asarray(target, dtype=np.float64)])
 
     def architecture(self) -> dict[str, Any]:
         """JSON-serialisable arguments that rebuild an empty module of the same shape."""

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from ml.data import RatingsData
 from ml.evaluate import MODELS, RANKING_METRICS, main, ratings_from_csv, run_evaluation
+from ml.model import ModelConfig
 
 
 def planted_data(n_users: int = 60, n_items: int = 24, seed: int = 0) -> RatingsData:
@@ -52,6 +53,10 @@ def test_quick_evaluation_writes_json_markdown_and_png(tmp_path: Path) -> None:
     assert "| EASE (λ tuned) |" in table and "±" in table
     assert (tmp_path / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "training.jsonl").exists()
+    # The autoencoder's EASE path is tuned like the EASE baseline, on the same slice.
+    for run in saved["runs"]["ranking"]:
+        assert run["default"]["wide_lambda"] == run["ease"]["lambda"]
+        assert run["default"]["wide_mix"] in ModelConfig().wide_mixes
 
 
 def test_command_line_runs_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -9,7 +9,18 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from ml.model import Autoencoder, ModelConfig
+from ml.baselines import EASE
+from ml.data import split_per_user
+from ml.model import (
+    Autoencoder,
+    GramSolver,
+    ModelConfig,
+    ease_weights,
+    residual_matrix,
+    ridge_item_weights,
+    tune_ease_lambda,
+    tune_ridge_lambda,
+)
 
 CONFIGS = {
     "default": ModelConfig(),
@@ -183,7 +194,16 @@ def test_item_embeddings_have_one_row_per_movie() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"activation": "swishy"}, {"hidden": ()}, {"dropout": 1.0}, {"ranking_loss": "bpr"}],
+    [
+        {"activation": "swishy"},
+        {"hidden": ()},
+        {"dropout": 1.0},
+        {"ranking_loss": "bpr"},
+        {"wide_lambdas": (100.0, 0.0)},
+        {"wide_rating_lambda": -1.0},
+        {"wide_mixes": (-0.1,)},
+        {"tune_frac": 1.0},
+    ],
 )
 def test_bad_config_is_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -195,3 +215,107 @@ def test_from_dict_refuses_unknown_keys_and_from_data_needs_ratings() -> None:
         ModelConfig.from_dict({"hiden": [3]})
     with pytest.raises(ValueError, match="no ratings"):
         Autoencoder.from_data(sp.csr_matrix((3, 4), dtype=np.float32), ModelConfig())
+
+
+# ------------------------------------------------------------------ tuned closed-form paths
+def test_gram_solver_equals_a_fresh_inverse_for_every_lambda() -> None:
+    m = random_ratings()
+    x = (m > 0).astype(np.float64)
+    solver = GramSolver((x.T @ x).toarray())
+    for lam in (1.0, 10.0, 300.0):
+        np.testing.assert_allclose(solver.solve(lam), ease_weights(m, lam), atol=1e-5)
+    resid = residual_matrix(m, 3.0, np.zeros(30, dtype=np.float32), 3.0)
+    ridge = GramSolver((resid.T @ resid).toarray()).solve(50.0)
+    np.testing.assert_allclose(ridge, ridge_item_weights(resid, 50.0), atol=1e-5)
+
+
+def test_ease_lambda_tuning_matches_the_ease_baseline() -> None:
+    train, _ = planted_groups()
+    lambdas = (0.5, 5.0, 50.0, 500.0)
+    best, tried = tune_ease_lambda(train, lambdas, 0.2, seed=3)
+    baseline, baseline_tried = EASE.tuned(train, lambdas, val_frac=0.2, seed=3)
+    assert set(tried) == set(lambdas) and best == max(tried, key=lambda k: tried[k])
+    assert best == baseline.lam
+    for lam in lambdas:
+        assert tried[lam] == pytest.approx(baseline_tried[lam], abs=1e-9)
+    # A slice without a relevant rating cannot choose.
+    low = train.copy()
+    low.data[:] = 1.0
+    assert tune_ease_lambda(low, lambdas, 0.2, seed=3) == (None, {})
+
+
+def test_from_data_records_the_tuned_lambda_and_keeps_the_callers_config() -> None:
+    train, _ = planted_groups()
+    cfg = ModelConfig(hidden=(8,), wide_lambdas=(0.5, 5000.0), wide_lambda=123.0)
+    model = Autoencoder.from_data(train, cfg)
+    _, tried = tune_ease_lambda(train, (0.5, 5000.0), cfg.tune_frac, cfg.tune_seed)
+    assert model.config.wide_lambda == max(tried, key=lambda k: tried[k])
+    assert cfg.wide_lambda == 123.0  # the caller's config is not modified
+    assert model.wide is not None
+    expected = ease_weights(sp.csr_matrix(train, dtype=np.float32), model.config.wide_lambda)
+    np.testing.assert_allclose(model.wide.detach().numpy(), expected, atol=1e-6)
+    assert Autoencoder.from_architecture(model.architecture()).config == model.config
+    untuned = Autoencoder.from_data(train, ModelConfig(hidden=(8,), wide_lambdas=()))
+    assert untuned.config.wide_lambda == ModelConfig().wide_lambda
+
+
+def test_ridge_tuning_fits_its_gain_and_sets_the_model() -> None:
+    m = random_ratings(60, 30, 0.4)
+    cfg = ModelConfig(hidden=(8,), wide_rating_lambdas=(1.0, 30.0, 1000.0))
+    best, gain, errors = tune_ridge_lambda(m, cfg, cfg.wide_rating_lambdas, 0.2, 0)
+    assert best == min(errors, key=lambda k: errors[k]) and all(np.isfinite(list(errors.values())))
+    model = Autoencoder.from_data(m, cfg)
+    assert model.config.wide_rating_lambda == best
+    assert model.wide_rating_gain is not None
+    assert float(model.wide_rating_gain.detach()) == pytest.approx(gain)
+
+
+def test_choose_wide_mix_keeps_the_best_candidate_on_held_out_ratings() -> None:
+    full, _ = planted_groups()
+    train, held_out = split_per_user(full, 0.3, 0)
+    model = Autoencoder.from_data(train, ModelConfig(hidden=(8,), wide_mixes=(0.0, 0.5, 50.0)))
+    with torch.no_grad():
+        assert model.ranking_head is not None
+        model.ranking_head.weight.normal_()  # a deep head of pure noise
+    tried = model.choose_wide_mix(train, held_out)
+    assert set(tried) == {0.0, 0.5, 50.0}
+    assert model.config.wide_mix == max(tried, key=lambda k: tried[k])
+    assert tried[0.0] >= tried[50.0]  # noise that dominates the ranking cannot help
+    # With mix 0 the served ranking is the EASE path's alone.
+    model.config.wide_mix = 0.0
+    ratings, mask = dense_batch(train)
+    with torch.no_grad():
+        _, scores = model.eval()(ratings, mask)
+    assert model.wide is not None
+    wide = mask.float() @ model.wide
+    torch.testing.assert_close(scores, wide)
+    no_wide = Autoencoder.from_data(train, ModelConfig(hidden=(8,), wide=False))
+    assert no_wide.choose_wide_mix(train, held_out) == {}
+
+
+def test_calibration_refits_the_rating_path_scales_by_least_squares() -> None:
+    full = random_ratings(80, 30, 0.4)
+    train, held_out = split_per_user(full, 0.25, 0)
+    model = Autoencoder.from_data(train, ModelConfig(hidden=(8,))).eval()
+    with torch.no_grad():
+        assert model.wide_rating_gain is not None
+        model.rating_head.weight.normal_(std=0.5)  # an overconfident deep rating head
+        model.wide_rating_gain.fill_(1.0)
+    old_gain = float(model.wide_rating_gain.detach())
+    facts = model.calibrate_rating_paths(train, held_out)
+    assert facts["rmse_after"] <= facts["rmse_before"]
+    assert float(model.wide_rating_gain.detach()) == pytest.approx(old_gain * facts["ridge_scale"])
+    # The module now predicts with the fitted scales: held-out RMSE as reported.
+    coo = held_out.tocoo()
+    with torch.no_grad():
+        pred, _ = model(*dense_batch(train))
+    rmse = float(np.sqrt(np.mean((pred.numpy()[coo.row, coo.col] - coo.data) ** 2)))
+    assert rmse == pytest.approx(facts["rmse_after"], rel=1e-4)
+    tutorial = Autoencoder.from_data(train, ModelConfig.tutorial())
+    assert tutorial.calibrate_rating_paths(train, held_out) == {}
+
+
+def test_refitting_closed_form_paths_checks_the_catalogue() -> None:
+    model = Autoencoder.from_data(random_ratings(), ModelConfig(hidden=(8,)))
+    with pytest.raises(ValueError, match="30"):
+        model.fit_closed_form_paths(random_ratings(24, 12))
