@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -194,13 +195,16 @@ def rank_batch(
 
 
 class MicroBatcher:
-    """Scores the recommendation requests of one event-loop turn in a single forward pass.
+    """Scores concurrent recommendation requests together, one forward pass per batch.
 
-    A request waits for no timer: the flush runs a few event-loop iterations after the first
-    request of a batch (``hops``), once the requests already read from the sockets have been
-    parsed and have queued themselves. Alone, a request is a batch
-    of one; under load, concurrent requests share the pass (per-user cost falls several-fold,
-    see the serving notes). Runs on the event loop's thread, so torch never contends with it.
+    A request waits for no timer: a batch is started a few event-loop iterations after its
+    first request (``hops``), once the requests already read from the sockets have been parsed
+    and have queued themselves. The pass itself runs on one dedicated scoring thread (torch
+    releases the GIL, with one intra-op thread), so the event loop keeps parsing requests and
+    reading ratings meanwhile; the requests that arrive during a pass form the next batch.
+    One batch is in flight at a time: alone, a request is a batch of one; under load, batches
+    grow by themselves (per-user cost falls several-fold, see the serving notes).
+    With ``threaded=False`` the pass runs on the event loop's thread.
     """
 
     def __init__(
@@ -208,12 +212,19 @@ class MicroBatcher:
         max_batch: int = 64,
         observe: Callable[[int], None] | None = None,
         hops: int = 3,
+        threaded: bool = True,
     ) -> None:
         self.max_batch = max_batch
         self.hops = hops
         self.observe = observe  # called with each batch's size (a metrics histogram)
         self._pending: dict[int, tuple[RecommenderLike, list[_Request]]] = {}
         self._scheduled = False
+        self._busy = False  # a batch is being scored on the scoring thread
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="movierec-scoring")
+            if threaded
+            else None
+        )
         self.batches = 0
         self.requests = 0
 
@@ -230,10 +241,13 @@ class MicroBatcher:
         if key not in self._pending:
             self._pending[key] = (recommender, [])
         self._pending[key][1].append(request)
-        if not self._scheduled:
+        self._schedule(loop)
+        return await request.future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._scheduled and not self._busy and self._pending:
             self._scheduled = True
             loop.call_soon(self._tick, loop, self.hops)
-        return await request.future
 
     def _tick(self, loop: asyncio.AbstractEventLoop, hops: int) -> None:
         """Wait ``hops`` loop iterations (each polls the sockets) before flushing, so requests
@@ -241,27 +255,77 @@ class MicroBatcher:
         if hops > 0:
             loop.call_soon(self._tick, loop, hops - 1)
         else:
-            self._flush()
+            self._scheduled = False
+            self._flush(loop)
 
-    def _flush(self) -> None:
-        pending, self._pending, self._scheduled = self._pending, {}, False
-        for recommender, requests in pending.values():
-            for start in range(0, len(requests), self.max_batch):
-                chunk = requests[start : start + self.max_batch]
-                self.batches += 1
-                self.requests += len(chunk)
-                if self.observe is not None:
-                    self.observe(len(chunk))
-                try:
-                    results = rank_batch(recommender, [(r.ratings, r.k, r.allowed) for r in chunk])
-                except Exception as exc:
-                    for r in chunk:
-                        if not r.future.done():
-                            r.future.set_exception(exc)
-                    continue
-                for r, result in zip(chunk, results, strict=True):
-                    if not r.future.done():
-                        r.future.set_result(result)
+    def _take_batch(self) -> tuple[RecommenderLike, list[_Request]] | None:
+        """Up to ``max_batch`` pending requests of one model (the rest wait for the next)."""
+        for key, (recommender, requests) in list(self._pending.items()):
+            chunk, rest = requests[: self.max_batch], requests[self.max_batch :]
+            if rest:
+                self._pending[key] = (recommender, rest)
+            else:
+                del self._pending[key]
+            if chunk:
+                return recommender, chunk
+        return None
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        taken = self._take_batch()
+        if taken is None:
+            return
+        recommender, chunk = taken
+        self.batches += 1
+        self.requests += len(chunk)
+        if self.observe is not None:
+            self.observe(len(chunk))
+        work = [(r.ratings, r.k, r.allowed) for r in chunk]
+        if self._executor is None:
+            try:
+                results = rank_batch(recommender, work)
+            except Exception as exc:
+                _fail(chunk, exc)
+            else:
+                _deliver(chunk, results)
+            self._schedule(loop)
+            return
+        self._busy = True
+        future = loop.run_in_executor(self._executor, rank_batch, recommender, work)
+        future.add_done_callback(lambda done: self._finished(loop, chunk, done))
+
+    def _finished(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        chunk: list[_Request],
+        done: asyncio.Future[list[list[Ranked]]],
+    ) -> None:
+        """Back on the event loop: answer the batch, start the next one if requests wait."""
+        self._busy = False
+        if done.cancelled():
+            _fail(chunk, asyncio.CancelledError())
+        elif done.exception() is not None:
+            _fail(chunk, cast(BaseException, done.exception()))
+        else:
+            _deliver(chunk, done.result())
+        if self._pending:  # arrived during the pass: already parsed, no need to wait hops
+            self._flush(loop)
+
+    def close(self) -> None:
+        """Stop the scoring thread (after the requests in flight)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+
+def _deliver(chunk: Sequence[_Request], results: Sequence[list[Ranked]]) -> None:
+    for r, result in zip(chunk, results, strict=True):
+        if not r.future.done():
+            r.future.set_result(result)
+
+
+def _fail(chunk: Sequence[_Request], exc: BaseException) -> None:
+    for r in chunk:
+        if not r.future.done():
+            r.future.set_exception(exc)
 
 
 @dataclass
