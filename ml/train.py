@@ -61,7 +61,11 @@ class TrainConfig:
     warmup_frac: float = 0.05  # share of all steps spent warming up (cosine schedule)
     grad_clip: float = 5.0  # max gradient norm; 0 disables clipping
     patience: int = 8  # epochs without a better validation score before stopping; 0 = never
-    monitor: str = "auto"  # "ndcg@10", "rmse" or "auto" (ndcg@10 if the model ranks, else rmse)
+    # Early stopping watches "rmse", "ndcg@10" or "auto" (ndcg@10 if the model ranks, else rmse).
+    # rmse by default: the ranking is the closed-form EASE path plus a correction whose weight
+    # `finish` chooses afterwards, so the epochs matter for the rating head (MovieLens-100K,
+    # 5 % validation: RMSE 0.9004 and NDCG@10 0.2900 with rmse; 0.9052 and 0.2900 with auto).
+    monitor: str = "rmse"
     seed: int = 0  # one seed → the same split, initialisation, order and weights (on CPU)
     val_frac: float = 0.05  # share of each user's ratings held out for validation
     eval_batch_size: int = 512  # users per validation forward pass
@@ -533,6 +537,37 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
+def finish(
+    model: Autoencoder,
+    train: sp.csr_matrix,
+    val: sp.csr_matrix,
+    full: sp.csr_matrix,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """The finishing steps of a trained model, the same as the evaluation's (docs/evaluation.md).
+
+    On the validation slice, which the weights never saw: refit the scales of the rating paths
+    (``calibrate_rating_paths``) and choose the weight of the deep ranking correction beside EASE
+    (``choose_wide_mix``); then validate the finished model (the metrics the registry compares).
+    Last, tune and solve the closed-form EASE path again on every rating (``full``): it needs no
+    early stopping, so the deployed model should not lose the slice. Returns the facts to record
+    (with ``"validation"`` replaced by the finished model's figures); nothing without a slice.
+    """
+    if val.nnz == 0:
+        return {}
+    facts: dict[str, Any] = {"calibration": model.calibrate_rating_paths(train, val)}
+    if model.wide is not None:
+        tried = model.choose_wide_mix(train, val)
+        facts["wide_mix"] = model.config.wide_mix
+        facts["wide_mix_validation_ndcg@10"] = {str(k): v for k, v in tried.items()}
+    facts["validation"] = validate(model, train, val, torch.device("cpu"), config)
+    if model.wide is not None:
+        model.tune_closed_form_paths(full, seed=config.seed, rating_path=False)
+        model.fit_closed_form_paths(full, rating_path=False)
+        facts["wide_lambda"] = model.config.wide_lambda
+    return facts
+
+
 def best_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"validation": {...}}`` of the restored (best) epoch, plus epoch counts."""
     validated = [h for h in history if "best_epoch" in h]
@@ -611,6 +646,7 @@ def train_from_store(
     if not current_dist().main:
         return None
     metrics = best_metrics(history)
+    metrics |= finish(model, train, val, data.matrix, config)
     manifest = build_manifest(data, model, config, metrics)
     history_lines = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
     path, sha = checkpoint.save(
