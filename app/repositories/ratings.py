@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, delete, event, func, select
@@ -72,6 +74,7 @@ class RatingsReader:
         self.engine = engine
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="movierec-ratings")
         self._open: list[PoolProxiedConnection] = []
         self._sqlite = engine.dialect.name == "sqlite"
         marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
@@ -117,6 +120,12 @@ class RatingsReader:
     def for_user(self, user_id: int) -> dict[int, float]:
         """All of a user's ratings as ``{movie_id: rating}`` (empty for an unknown user)."""
         return dict(self._rows(self._ratings_sql, user_id))
+
+    async def for_user_async(self, user_id: int) -> dict[int, float]:
+        """``for_user`` on the reader's own thread: the driver releases the GIL while SQLite or
+        PostgreSQL works, so the event loop serves other requests meanwhile."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.for_user, user_id)
 
     def user_exists(self, user_id: int) -> bool:
         return bool(self._rows(self._user_sql, user_id))

@@ -124,7 +124,7 @@ async def recommend_for_user(
     filters: Filters,
 ) -> Recommendations:
     """Recommendations for a stored user (404 when the user does not exist)."""
-    ratings = reader.for_user(user_id)
+    ratings = await reader.for_user_async(user_id)
     if not ratings and not reader.user_exists(user_id):
         raise NotFoundError(f"user {user_id} does not exist", user_id=user_id)
     return await recommend_from_ratings(require_state(state), batcher, ratings, n, offset, filters)
