@@ -397,7 +397,11 @@ class ModelHolder:
         self.metrics.model_loaded.set(1)
         self.metrics.model_swaps.inc()
         log.info(
-            "model version %d is serving (%s)", version_id, path, extra={"version": version_id}
+            "model version %d is serving (%s, %s weights)",
+            version_id,
+            path,
+            getattr(recommender, "precision", "float32"),
+            extra={"version": version_id},
         )
 
     def _report_failure(self, version_id: int, exc: Exception) -> None:
