@@ -64,15 +64,15 @@ class Scenario:
 
     @property
     def url(self) -> str:
-        return f"sqlite:///{self.folder / 'store.db'}"
+        return f"sqlite:///{self.folder.resolve() / 'store.db'}"  # servers may run elsewhere
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             {
                 "MOVIEREC_DATABASE_URL": self.url,
-                "MOVIEREC_MODEL_DIR": str(self.folder / "models"),
-                "MOVIEREC_DATA_DIR": str(self.folder / "data"),
+                "MOVIEREC_MODEL_DIR": str(self.folder.resolve() / "models"),
+                "MOVIEREC_DATA_DIR": str(self.folder.resolve() / "data"),
                 "MOVIEREC_LOG_LEVEL": "WARNING",
                 "MOVIEREC_DEVICE": "cpu",
             }
@@ -207,7 +207,8 @@ def wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, An
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    return result
 
 
 def measure(

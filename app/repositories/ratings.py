@@ -84,11 +84,13 @@ class RatingsReader:
 
     def _connection(self) -> Any:
         """This thread's driver connection, taken out of the engine's pool on first use."""
-        conn = getattr(self._local, "conn", None)
+        conn: Any = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
         proxied = self.engine.raw_connection()
         conn = proxied.driver_connection
+        if conn is None:
+            raise RuntimeError("the pool returned a connection without a driver connection")
         if self._sqlite:
             conn.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
         else:
@@ -106,8 +108,8 @@ class RatingsReader:
             try:
                 conn = self._connection()
                 if self._sqlite:
-                    return conn.execute(sql, (user_id,)).fetchall()  # type: ignore[no-any-return]
-                return conn.execute(sql, (user_id,), prepare=True).fetchall()  # type: ignore[no-any-return]
+                    return list(conn.execute(sql, (user_id,)).fetchall())
+                return list(conn.execute(sql, (user_id,), prepare=True).fetchall())
             except Exception as exc:
                 self._drop_own()
                 if not attempt:
