@@ -212,16 +212,27 @@ class Recommender:
         return cols[sel], values[sel].astype(np.float32)
 
     # ------------------------------------------------------------------ scoring
-    def _forward(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
-        """(predicted ratings (B, I), scores (B, I)) for B encoded users in one pass."""
+    def _packed(
+        self, rows: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        """Columns (N,), values (N,) and offsets (B,) of B encoded users on the device, and
+        the users' lengths (B,)."""
         lengths = np.fromiter((len(c) for c, _ in rows), dtype=np.int64, count=len(rows))
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
         cols = np.concatenate([c for c, _ in rows]) if rows else np.empty(0, np.int64)
         vals = np.concatenate([v for _, v in rows]) if rows else np.empty(0, np.float32)
         dev = self.device
-        idx_t = torch.from_numpy(cols).to(dev)
-        val_t = torch.from_numpy(vals).to(dev)
-        off_t = torch.from_numpy(offsets).to(dev)
+        return (
+            torch.from_numpy(cols.astype(np.int64, copy=False)).to(dev),
+            torch.from_numpy(vals.astype(np.float32, copy=False)).to(dev),
+            torch.from_numpy(offsets).to(dev),
+            lengths,
+        )
+
+    def _forward(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
+        """(predicted ratings (B, I), scores (B, I)) for B encoded users in one pass."""
+        idx_t, val_t, off_t, lengths = self._packed(rows)
+        dev = self.device
         with torch.inference_mode():
             if hasattr(self.model, "forward_sparse"):
                 pred, scores = self.model.forward_sparse(idx_t, val_t, off_t)
@@ -260,15 +271,24 @@ class Recommender:
         """The serving path: the best ``ks[b]`` allowed, unrated columns of each encoded row.
 
         ``rows`` are ``(columns, values)`` of known movies, ``allowed`` (I,) bool masks. One
-        forward pass, one masked ``torch.topk`` over the whole batch, and the predicted ratings
-        gathered for the returned columns only. Returns per row ``(movie ids, scores, predicted
-        ratings)``, best first; fewer than ``ks[b]`` when fewer movies are left.
+        pass for the ranking scores over the whole catalogue, one masked ``torch.topk`` over
+        the whole batch, then predicted ratings computed for the returned columns only (every
+        rating path restricted to k columns per user, ``Autoencoder.rate_columns``; equal to
+        the full computation). Returns per row ``(movie ids, scores, predicted ratings)``, best
+        first; fewer than ``ks[b]`` when fewer movies are left.
         """
         if not rows:
             return []
         if any(np.shape(a) != (self.n_items,) for a in allowed):
             raise ValueError(f"allowed must be bool masks of shape ({self.n_items},)")
-        pred, scores = self._forward(rows)  # (B, I) each
+        users = None
+        if hasattr(self.model, "encode_sparse"):
+            idx_t, val_t, off_t, _ = self._packed(rows)
+            with torch.inference_mode():
+                users = self.model.encode_sparse(idx_t, val_t, off_t)
+                scores = self.model.rank_sparse(users).float()  # (B, I)
+        else:
+            pred, scores = self._forward(rows)  # (B, I) each
         first = allowed[0]
         if all(a is first for a in allowed):  # the common case: one filter for the batch
             blocked = torch.from_numpy(~first).to(self.device).expand(len(rows), -1).clone()
@@ -285,7 +305,10 @@ class Recommender:
             ] * len(rows)
         with torch.inference_mode():  # the forward's outputs are inference tensors
             top = torch.topk(scores.masked_fill_(blocked, -math.inf), k, dim=1)
-            top_preds = pred.gather(1, top.indices).cpu().numpy()
+            if users is not None:
+                top_preds = self.model.rate_columns(users, top.indices).float().cpu().numpy()
+            else:
+                top_preds = pred.gather(1, top.indices).cpu().numpy()
         top_cols = top.indices.cpu().numpy()
         top_scores = top.values.cpu().numpy()
         out = []

@@ -58,6 +58,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "identity": nn.Identity,
 }
 RANKING_LOSSES = ("multinomial", "weighted_mse", "none")
+FOLD_IN_GROUP = 32  # users per batched solve of the item-code fold-in (sorted by #ratings)
 
 
 @dataclass
@@ -100,6 +101,19 @@ class ModelConfig:
     rating_weight: float = 10.0  # weight of the masked rating MSE in the objective
     ranking_weight: float = 1.0  # weight of the ranking objective
     refeed: bool = False  # DeepRecommender dense re-feeding: a second pass on the predictions
+    # Item-code rating path: an item-row autoencoder (one sigmoid layer over a movie's column of
+    # ratings, linear decoder, masked MSE, L2) is trained by from_data; its codes h_i (I × d)
+    # are frozen and a user's vector is folded in at inference time by ridge regression of the
+    # user's residuals on the codes of the movies they rated. Its weight beside the other
+    # rating paths is fitted by calibrate_rating_paths (0, the path unused, until then).
+    item_codes: int = 500  # code size d; 0 = no item-code path (also off above wide_max_items)
+    item_code_lambda: float = 100.0  # L2 of the per-user ridge fold-in
+    item_code_l2: float = 200.0  # L2 of the item autoencoder (AutoRec's scale: λ/2 · ‖W‖²)
+    item_code_epochs: int = 20  # passes of Adam over the movies
+    item_code_lr: float = 1e-3  # Adam's learning rate for the item autoencoder
+    item_code_batch: int = 64  # movies per step
+    item_code_max_cells: int = 50_000_000  # no item-code path when users × movies exceeds this
+    # (the item autoencoder's cost and its encoder's size grow with the number of users)
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -137,6 +151,10 @@ class ModelConfig:
             raise ValueError(f"wide_mode must be 'sum' or 'ensemble', got {self.wide_mode!r}")
         if self.rating_weight < 0 or self.ranking_weight < 0:
             raise ValueError("loss weights must be non-negative")
+        if self.item_codes < 0 or self.item_code_epochs < 0 or self.item_code_batch < 1:
+            raise ValueError("item_codes and item_code_epochs must be >= 0, item_code_batch >= 1")
+        if self.item_code_lambda <= 0 or self.item_code_l2 < 0 or self.item_code_lr <= 0:
+            raise ValueError("item_code_lambda and item_code_lr must be > 0, item_code_l2 >= 0")
 
     @classmethod
     def tutorial(cls) -> ModelConfig:
@@ -153,6 +171,7 @@ class ModelConfig:
             wide=False,
             wide_rating=False,
             ranking_loss="none",
+            item_codes=0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -340,6 +359,111 @@ def tune_ridge_lambda(
     return best, results[best][1], {k: v[0] for k, v in results.items()}
 
 
+@dataclass
+class SparseUsers:
+    """A packed sparse batch of B users encoded once (``Autoencoder.encode_sparse``): what the
+    ranking scores and the predicted ratings of any columns are computed from."""
+
+    hidden: Tensor  # (B, h0) decoded layer both heads read
+    user_bias: Tensor | None  # (B, 1) user offsets (None without the bias baseline)
+    resid: Tensor  # (N,) residuals of the rated movies (raw ratings without the baseline)
+    indices: Tensor  # (N,) rated movie columns, user after user
+    offsets: Tensor  # (B,) start of each user in ``indices``
+    seg: Tensor  # (N,) the user of each entry
+    wide: Tensor | None  # (B, I) EASE scores, zero diagonal (None without that path)
+    code_w: Tensor | None  # (B, d) item-code user vectors (None when that path is off)
+
+
+def train_item_codes(train: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
+    """The item-row autoencoder's codes: (I, d) float32, d = ``config.item_codes``.
+
+    A movie is its column of ratings over the training users (0 = unrated). One sigmoid layer
+    h_i = σ(r_i V + c) encodes it and a linear layer r̂_i = h_i W + b decodes it; the loss is the
+    squared error over the observed ratings only plus ``item_code_l2``/2 · (‖V‖² + ‖W‖²) (the
+    L2 share of each mini-batch in proportion to its movies), minimised by Adam. Only the codes
+    are kept: the decoder's per-user rows are not, a user's row is folded in at inference time
+    (``fold_in_codes``). Uses torch's global random state (seeded by the caller)."""
+    from ml.data import densify  # deferred: ml.data is heavier than this module
+
+    d = config.item_codes
+    items = sp.csr_matrix(train.T, dtype=np.float32)  # (I, U)
+    n_items, n_users = items.shape
+    v = nn.Parameter(torch.randn(n_users, d) * 0.03)
+    c = nn.Parameter(torch.zeros(d))
+    w = nn.Parameter(torch.randn(d, n_users) * 0.03)
+    b = nn.Parameter(torch.zeros(n_users))
+    opt = torch.optim.Adam([v, c, w, b], lr=config.item_code_lr)
+    bs = config.item_code_batch
+    for _ in range(config.item_code_epochs):
+        order = torch.randperm(n_items).numpy()
+        for start in range(0, n_items, bs):
+            rows = order[start : start + bs]
+            x, m = densify(items, rows)  # (B, U)
+            out = torch.sigmoid(x @ v + c) @ w + b  # (B, U)
+            l2 = (v.square().sum() + w.square().sum()) * (rows.size / n_items)
+            loss = ((out - x) * m).square().sum() + 0.5 * config.item_code_l2 * l2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    codes = np.empty((n_items, d), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, n_items, 1024):
+            rows = np.arange(start, min(start + 1024, n_items))
+            x, _ = densify(items, rows)
+            codes[rows] = torch.sigmoid(x @ v + c).numpy()
+    return codes
+
+
+def fold_in_codes(
+    codes: Tensor, indices: Tensor, resid: Tensor, lengths: Sequence[int], lam: float
+) -> Tensor:
+    """Each user's vector w_u = (H_Rᵀ H_R + λI)⁻¹ H_Rᵀ y_u on the codes H_R of the movies they
+    rated (``indices``, packed user after user, ``lengths`` per user) and their residuals y_u
+    (``resid``): (B, d) float32, a row of zeros for a user without ratings.
+
+    Users with fewer ratings than d are solved in the dual form, α = (H_R H_Rᵀ + λI)⁻¹ y_u,
+    w_u = H_Rᵀ α (an n_u × n_u system), the others in the primal (d × d); each group is one
+    batched Cholesky solve over users padded with zero rows, which leaves the solutions exact
+    (a zero row adds nothing to H_Rᵀ H_R, and in the dual its α is 0); users are sorted by
+    their number of ratings and solved ``FOLD_IN_GROUP`` at a time, so padding stays small."""
+    h = codes.float()
+    d = h.shape[1]
+    n_b = len(lengths)
+    out = h.new_zeros(n_b, d)
+    if n_b == 0 or indices.numel() == 0:
+        return out
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    sizes = np.asarray(lengths, dtype=np.int64)
+    resid = resid.float()
+    groups: list[tuple[bool, np.ndarray]] = []
+    for dual in (True, False):
+        users = np.flatnonzero((sizes > 0) & ((sizes < d) if dual else (sizes >= d)))
+        users = users[np.argsort(sizes[users], kind="stable")]  # similar sizes pad little
+        groups += [
+            (dual, users[a : a + FOLD_IN_GROUP]) for a in range(0, users.size, FOLD_IN_GROUP)
+        ]
+    for dual, users in groups:
+        width = int(sizes[users].max())
+        # (G, width) positions into the packed arrays; padding points at slot 0 and is masked.
+        pos = starts[users, None] + np.arange(width)[None, :]
+        valid = np.arange(width)[None, :] < sizes[users, None]
+        pos_t = torch.from_numpy(np.where(valid, pos, 0)).to(indices.device)
+        valid_t = torch.from_numpy(valid).to(h.device)
+        hr = h[indices[pos_t]] * valid_t.unsqueeze(2)  # (G, width, d), zero padding rows
+        y = (resid[pos_t] * valid_t).unsqueeze(2)  # (G, width, 1)
+        eye_n = torch.eye(width if dual else d, dtype=h.dtype, device=h.device)
+        if dual:
+            gram = hr @ hr.transpose(1, 2) + lam * eye_n  # (G, width, width)
+            alpha = torch.cholesky_solve(y, torch.linalg.cholesky(gram))  # (G, width, 1)
+            w = (hr.transpose(1, 2) @ alpha).squeeze(2)  # (G, d)
+        else:
+            gram = hr.transpose(1, 2) @ hr + lam * eye_n  # (G, d, d)
+            rhs = hr.transpose(1, 2) @ y  # (G, d, 1)
+            w = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram)).squeeze(2)
+        out[torch.from_numpy(users).to(h.device)] = w
+    return out
+
+
 class Autoencoder(nn.Module):
     """Stacked autoencoder with a rating head and a ranking head sharing one encoder."""
 
@@ -409,6 +533,16 @@ class Autoencoder(nn.Module):
         self.wide_rating_gain = (
             nn.Parameter(torch.tensor(float(config.wide_rating_gain))) if has_wide_rating else None
         )
+        # Item-code rating path: frozen codes (I × d) and its weight, 0 until calibrated.
+        has_codes = config.item_codes > 0 and config.baseline and n_items <= config.wide_max_items
+        self.item_code = (
+            nn.Parameter(torch.zeros(n_items, config.item_codes), requires_grad=False)
+            if has_codes
+            else None
+        )
+        self.item_code_gain = (
+            nn.Parameter(torch.zeros(()), requires_grad=False) if has_codes else None
+        )
 
     def _has_wide(self) -> bool:
         cfg = self.config
@@ -430,6 +564,13 @@ class Autoencoder(nn.Module):
                 config.wide_max_items,
             )
         config = dataclasses.replace(config)  # the tuned λ are recorded in the model's copy
+        if config.item_codes and train.shape[0] * train.shape[1] > config.item_code_max_cells:
+            logger.warning(
+                "%d users × %d movies exceeds item_code_max_cells=%d: no item-code path",
+                *train.shape,
+                config.item_code_max_cells,
+            )
+            config.item_codes = 0
         model = cls(train.shape[1], config)
         mu, item_bias = bias_statistics(train, config.item_bias_reg)
         with torch.no_grad():
@@ -439,7 +580,32 @@ class Autoencoder(nn.Module):
             model.rating_max.fill_(float(train.data.max()))
         model.tune_closed_form_paths(train)
         model.fit_closed_form_paths(train)
+        model.fit_item_codes(train)
         return model
+
+    @torch.no_grad()
+    def fit_item_codes(self, train: sp.csr_matrix) -> None:
+        """Train the item-row autoencoder on ``train`` and keep its codes (``train_item_codes``);
+        the path's weight is left for ``calibrate_rating_paths`` to fit."""
+        if self.item_code is None:
+            return
+        with torch.enable_grad():
+            codes = train_item_codes(sp.csr_matrix(train, dtype=np.float32), self.config)
+        self.item_code.copy_(torch.from_numpy(codes))
+
+    def _codes_active(self) -> bool:
+        """Whether the item-code path contributes: eval mode and a fitted, non-zero weight."""
+        return (
+            self.item_code is not None
+            and self.item_code_gain is not None
+            and not self.training
+            and bool(self.item_code_gain != 0)
+        )
+
+    def _fold_in(self, indices: Tensor, resid: Tensor, lengths: Sequence[int]) -> Tensor:
+        """(B, d) user vectors of the item-code path from packed rated columns and residuals."""
+        assert self.item_code is not None
+        return fold_in_codes(self.item_code, indices, resid, lengths, self.config.item_code_lambda)
 
     def tune_closed_form_paths(
         self, train: sp.csr_matrix, seed: int | None = None, rating_path: bool = True
@@ -523,49 +689,59 @@ class Autoencoder(nn.Module):
     def calibrate_rating_paths(
         self, train: sp.csr_matrix, held_out: sp.csr_matrix
     ) -> dict[str, float]:
-        """Refit the scales of the two rating paths — the deep rating head's output and the
-        residual ridge's gain — by least squares on ``held_out`` ratings the model was not
-        trained on, each predicted from its user's ``train`` row; the bias baseline stays.
+        """Refit the weights of the rating paths — the deep rating head's output, the residual
+        ridge's gain and the item-code path's weight — by least squares on ``held_out``
+        ratings the model was not trained on, each predicted from its user's ``train`` row; the
+        bias baseline stays.
 
         The deep scale is folded into the rating head's weights and bias, the ridge scale into
-        its gain, so the module keeps its parameters. Returns the fitted scales and the
+        its gain, the item-code weight replaces that path's weight (fitted on the path's unit
+        output), so the module keeps its parameters. Returns the fitted scales and the
         held-out RMSE before and after ({} when there is nothing to fit)."""
         if not self.config.baseline or held_out.nnz == 0:
             return {}
         held = sp.coo_matrix(held_out)
         users = np.unique(held.row)
-        parts: list[np.ndarray] = []  # rows of (base, deep, ridge, target)
+        parts: list[np.ndarray] = []  # rows of (base, deep, ridge, codes, target)
         for start in range(0, users.size, 512):
             rows = users[start : start + 512]
             x, m = (torch.from_numpy(a) for a in _dense_rows(train, rows))
             sel = np.isin(held.row, rows)
             local = np.searchsorted(rows, held.row[sel])
             parts.append(self._rating_parts(x, m, local, held.col[sel], held.data[sel]))
-        base, deep, ridge, target = np.concatenate(parts, axis=1)
-        features = np.stack([deep, ridge], axis=1)  # (n, 2)
-        if self.wide_rating is None or self.wide_rating_gain is None:
-            features = features[:, :1]
+        base, deep, ridge, codes, target = np.concatenate(parts, axis=1)
+        has_ridge = self.wide_rating is not None and self.wide_rating_gain is not None
+        has_codes = self.item_code is not None and self.item_code_gain is not None
+        names = ["deep", *(["ridge"] if has_ridge else []), *(["codes"] if has_codes else [])]
+        columns = {"deep": deep, "ridge": ridge, "codes": codes}
+        features = np.stack([columns[n] for n in names], axis=1)  # (n, paths)
         scales, *_ = np.linalg.lstsq(features, target - base, rcond=None)
         low, high = float(self.rating_min), float(self.rating_max)
 
         def rmse(pred: np.ndarray) -> float:
             return float(np.sqrt(np.mean((np.clip(pred, low, high) - target) ** 2)))
 
-        before = rmse(base + deep + ridge)
+        gain = float(self.item_code_gain) if self.item_code_gain is not None else 0.0
+        before = rmse(base + deep + ridge + gain * codes)
         after = rmse(base + features @ scales)
-        out = {"deep_scale": float(scales[0]), "rmse_before": before, "rmse_after": after}
-        self.rating_head.weight.mul_(float(scales[0]))
-        self.rating_head.bias.mul_(float(scales[0]))
-        if features.shape[1] == 2 and self.wide_rating_gain is not None:
-            self.wide_rating_gain.mul_(float(scales[1]))
-            out["ridge_scale"] = float(scales[1])
+        fitted = dict(zip(names, (float(v) for v in scales), strict=True))
+        out = {"deep_scale": fitted["deep"], "rmse_before": before, "rmse_after": after}
+        self.rating_head.weight.mul_(fitted["deep"])
+        self.rating_head.bias.mul_(fitted["deep"])
+        if has_ridge and self.wide_rating_gain is not None:
+            self.wide_rating_gain.mul_(fitted["ridge"])
+            out["ridge_scale"] = fitted["ridge"]
+        if has_codes and self.item_code_gain is not None:
+            self.item_code_gain.fill_(fitted["codes"])
+            out["codes_weight"] = fitted["codes"]
         return out
 
     def _rating_parts(
         self, x: Tensor, m: Tensor, rows: np.ndarray, cols: np.ndarray, target: np.ndarray
     ) -> np.ndarray:
-        """(4, n) bias baseline, deep head output, ridge term and target at the given entries
-        of a dense batch, in eval mode (for ``calibrate_rating_paths``)."""
+        """(5, n) bias baseline, deep head output, ridge term, item-code term at unit weight and
+        target at the given entries of a dense batch, in eval mode (for
+        ``calibrate_rating_paths``)."""
         was_training = self.training
         self.eval()
         mask = m.to(self.input_bias.dtype)
@@ -573,17 +749,32 @@ class Autoencoder(nn.Module):
         n = mask.sum(1, keepdim=True)  # (B, 1)
         user_bias = dev.sum(1, keepdim=True) / (n + self.config.user_bias_reg)  # (B, 1)
         base = self.global_mean + self.item_bias + user_bias  # (B, I)
-        full, _ = self._heads(x, m)  # base + deep + ridge, unclamped
+        resid = (dev - user_bias) * mask
+        full, _ = self._heads(x, m)  # base + deep + ridge + codes, unclamped
         ridge = torch.zeros_like(full)
         if self.wide_rating is not None and self.wide_rating_gain is not None:
-            resid = (dev - user_bias) * mask
             wide_r = resid @ self.wide_rating - resid * torch.diagonal(self.wide_rating)
             ridge = self.wide_rating_gain * wide_r
+        codes = torch.zeros_like(full)
+        if self.item_code is not None and self.item_code_gain is not None:
+            codes = self._dense_codes(resid, m)  # (B, I) at unit weight
         deep = full - base - ridge
+        if self._codes_active():
+            assert self.item_code_gain is not None
+            deep = deep - self.item_code_gain * codes
         self.train(was_training)
         r, c = torch.from_numpy(rows), torch.from_numpy(cols)
-        picked = [t[r, c].double().numpy() for t in (base, deep, ridge)]
+        picked = [t[r, c].double().numpy() for t in (base, deep, ridge, codes)]
         return np.stack([*picked, np.asarray(target, dtype=np.float64)])
+
+    def _dense_codes(self, resid: Tensor, m: Tensor) -> Tensor:
+        """(B, I) item-code path at unit weight for a dense batch: every user's vector folded
+        in from their observed residuals, times every movie's code."""
+        assert self.item_code is not None
+        rows, cols = m.nonzero(as_tuple=True)  # row-major: users in order
+        lengths = torch.bincount(rows, minlength=m.shape[0]).tolist()
+        w = self._fold_in(cols, resid[rows, cols], lengths)  # (B, d)
+        return (w @ self.item_code.float().T).to(resid.dtype)
 
     def architecture(self) -> dict[str, Any]:
         """JSON-serialisable arguments that rebuild an empty module of the same shape."""
@@ -595,7 +786,10 @@ class Autoencoder(nn.Module):
         if arch.get("kind", "autoencoder") != "autoencoder":
             raise ValueError(f"not an autoencoder architecture: {arch.get('kind')!r}")
         try:
-            return cls(int(arch["n_items"]), ModelConfig.from_dict(dict(arch["config"])))
+            config = dict(arch["config"])
+            # Checkpoints written before the item-code path existed have no such path.
+            config.setdefault("item_codes", 0)
+            return cls(int(arch["n_items"]), ModelConfig.from_dict(config))
         except KeyError as exc:
             raise ValueError(f"architecture lacks {exc.args[0]!r}") from exc
 
@@ -612,8 +806,48 @@ class Autoencoder(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """The same as ``forward`` for B users given as a packed sparse batch: user b rated the
         movie columns ``indices[offsets[b]:offsets[b+1]]`` with ``values[...]`` (each movie at
-        most once per user). The first layer and the wide path only read the rated movies'
+        most once per user). The first layer and the wide paths only read the rated movies'
         weights — the serving path for large catalogues."""
+        users = self.encode_sparse(indices, values, offsets)
+        pred = self._full_ratings(users).clamp(self.rating_min, self.rating_max)
+        if self.ranking_head is None:
+            return pred, pred
+        return pred, self._scores(users.hidden, users.wide, training_logits=False)
+
+    def rank_sparse(self, users: SparseUsers) -> Tensor:
+        """(B, I) ranking scores of encoded users (``encode_sparse``) without the (B, I) rating
+        output when the ranking head is separate; ``rate_columns`` then rates chosen movies."""
+        if self.ranking_head is None:
+            return self._full_ratings(users).clamp(self.rating_min, self.rating_max)
+        return self._scores(users.hidden, users.wide, training_logits=False)
+
+    def rate_columns(self, users: SparseUsers, cols: Tensor) -> Tensor:
+        """Predicted ratings (B, k) of the movie columns ``cols`` (B, k) only, equal to the
+        matching entries of ``forward_sparse``'s ratings: each rating path (deep head, residual
+        ridge, item codes) is evaluated on the k columns instead of the whole catalogue."""
+        cols = cols.long()
+        head = self.rating_head
+        h = users.hidden.to(head.weight.dtype)
+        pred = (head.weight[cols] * h.unsqueeze(1)).sum(2) + head.bias[cols]  # (B, k)
+        if users.user_bias is not None:
+            pred = pred + self.global_mean + self.item_bias[cols] + users.user_bias
+        if self.wide_rating is not None and self.wide_rating_gain is not None:
+            picked = self.wide_rating[users.indices.unsqueeze(1), cols[users.seg]]  # (N, k)
+            picked = picked.masked_fill(users.indices.unsqueeze(1) == cols[users.seg], 0.0)
+            ridge = torch.zeros_like(pred).index_add_(
+                0, users.seg, picked * users.resid.unsqueeze(1)
+            )
+            pred = pred + self.wide_rating_gain * ridge
+        if users.code_w is not None and self.item_code is not None:
+            assert self.item_code_gain is not None
+            codes = (self.item_code[cols].float() * users.code_w.unsqueeze(1)).sum(2)
+            pred = pred + self.item_code_gain * codes.to(pred.dtype)
+        return pred.clamp(self.rating_min, self.rating_max)
+
+    def encode_sparse(self, indices: Tensor, values: Tensor, offsets: Tensor) -> SparseUsers:
+        """Everything about B users of a packed sparse batch (see ``forward_sparse``) that the
+        outputs read: the decoded hidden layer, the user offsets, the residuals, the EASE
+        scores and the item-code user vectors."""
         indices = indices.long()
         offsets = offsets.long()
         n_b = offsets.numel()
@@ -621,6 +855,7 @@ class Autoencoder(nn.Module):
         lengths = torch.diff(offsets, append=offsets.new_tensor([indices.numel()]))  # (B,)
         seg = torch.repeat_interleave(torch.arange(n_b, device=indices.device), lengths)  # (N,)
         n = lengths.to(values.dtype).unsqueeze(1)  # (B, 1)
+        user_bias = None
         if self.config.baseline:
             dev = values - self.global_mean - self.item_bias[indices]  # (N,)
             sums = torch.zeros(n_b, dtype=values.dtype, device=values.device).index_add_(
@@ -628,9 +863,8 @@ class Autoencoder(nn.Module):
             )
             user_bias = sums.unsqueeze(1) / (n + self.config.user_bias_reg)  # (B, 1)
             resid = dev - user_bias[seg, 0]  # (N,)
-            base = self.global_mean + self.item_bias + user_bias  # (B, I)
         else:
-            resid, base = values, None
+            resid = values
         scale = n.clamp_min(1.0).rsqrt() if self.config.normalise else torch.ones_like(n)  # (B, 1)
         h = self.input_bias.expand(n_b, -1)
         if self.w_rating is not None:
@@ -650,17 +884,41 @@ class Autoencoder(nn.Module):
             wide = F.embedding_bag(indices, self.wide, offsets, mode="sum")  # (B, I)
             diag = self.wide[indices, indices]  # (N,)
             wide = wide.index_put((seg, indices), -diag, accumulate=True)
+        code_w = None
+        if self._codes_active():
+            code_w = self._fold_in(indices, resid, lengths.tolist())  # (B, d)
+        return SparseUsers(
+            hidden=self._hidden(h),
+            user_bias=user_bias,
+            resid=resid,
+            indices=indices,
+            offsets=offsets,
+            seg=seg,
+            wide=wide,
+            code_w=code_w,
+        )
+
+    def _full_ratings(self, users: SparseUsers) -> Tensor:
+        """(B, I) unclamped predicted ratings of encoded users over the whole catalogue."""
+        pred = self.rating_head(users.hidden)  # (B, I)
+        if users.user_bias is not None:
+            pred = pred + (self.global_mean + self.item_bias + users.user_bias)
         if self.wide_rating is not None and self.wide_rating_gain is not None:
-            assert base is not None  # the residual path exists only with the baseline
             wide_r = F.embedding_bag(
-                indices, self.wide_rating, offsets, mode="sum", per_sample_weights=resid
+                users.indices,
+                self.wide_rating,
+                users.offsets,
+                mode="sum",
+                per_sample_weights=users.resid,
             )  # (B, I)
-            diag = self.wide_rating[indices, indices] * resid  # (N,)
-            wide_r = wide_r.index_put((seg, indices), -diag, accumulate=True)
-            base = base + self.wide_rating_gain * wide_r
-        pred, scores = self._decode(h, base, wide, training_logits=False)
-        pred = pred.clamp(self.rating_min, self.rating_max)
-        return pred, (pred if self.ranking_head is None else scores)
+            diag = self.wide_rating[users.indices, users.indices] * users.resid  # (N,)
+            wide_r = wide_r.index_put((users.seg, users.indices), -diag, accumulate=True)
+            pred = pred + self.wide_rating_gain * wide_r
+        if users.code_w is not None and self.item_code is not None:
+            assert self.item_code_gain is not None
+            codes = users.code_w @ self.item_code.float().T  # (B, I)
+            pred = pred + self.item_code_gain * codes.to(pred.dtype)
+        return pred
 
     def _heads(
         self, ratings: Tensor, mask: Tensor, training_logits: bool = False
@@ -690,12 +948,25 @@ class Autoencoder(nn.Module):
             # (B, I) residual from the other rated movies, zero diagonal
             wide_r = resid @ self.wide_rating - resid * torch.diagonal(self.wide_rating)
             base = base + self.wide_rating_gain * wide_r
+        if self._codes_active():
+            assert base is not None and self.item_code_gain is not None
+            base = base + self.item_code_gain * self._dense_codes(resid, mask.to(torch.bool))
         return self._decode(h, base, wide, training_logits)
 
     def _decode(
         self, first: Tensor, base: Tensor | None, wide: Tensor | None, training_logits: bool
     ) -> tuple[Tensor, Tensor]:
         """From the first layer's pre-activation (B, h0) to (ratings (B, I), scores (B, I))."""
+        h = self._hidden(first)
+        pred = self.rating_head(h)  # (B, I)
+        if base is not None:
+            pred = pred + base
+        if self.ranking_head is None:
+            return pred, pred
+        return pred, self._scores(h, wide, training_logits)
+
+    def _hidden(self, first: Tensor) -> Tensor:
+        """The decoded layer (B, h0) both heads read, from the first layer's pre-activation."""
         h = self.act(first)
         for layer in self.encoder:
             h = self.act(layer(h))
@@ -707,20 +978,20 @@ class Autoencoder(nn.Module):
         else:
             for layer in self.decoder:
                 h = self.act(layer(h))  # back to (B, h0)
-        pred = self.rating_head(h)  # (B, I)
-        if base is not None:
-            pred = pred + base
-        if self.ranking_head is None:
-            return pred, pred
+        return h
+
+    def _scores(self, h: Tensor, wide: Tensor | None, training_logits: bool) -> Tensor:
+        """Ranking scores (B, I) from the decoded layer and the EASE scores (if any)."""
+        assert self.ranking_head is not None
         scores = self.ranking_head(h)  # (B, I)
         if wide is None:
-            return pred, scores
+            return scores
         if self.config.wide_mode == "sum":
             assert self.wide_gain is not None
-            return pred, scores + self.wide_gain * wide
+            return scores + self.wide_gain * wide
         if training_logits:
-            return pred, scores  # the deep head learns on its own
-        return pred, wide + self.config.wide_mix * F.log_softmax(scores, dim=1)
+            return scores  # the deep head learns on its own
+        return wide + self.config.wide_mix * F.log_softmax(scores, dim=1)
 
     # -------------------------------------------------------------------- objective
     def loss(self, ratings: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:

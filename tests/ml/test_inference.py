@@ -26,6 +26,9 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train = random_matrix(40, N_ITEMS, density=0.3, seed=2)
     config = TrainConfig(epochs=3, batch_size=8, device="cpu", progress=False, model=TINY)
     model, _ = fit(train, None, config)
+    assert model.item_code_gain is not None
+    with torch.no_grad():  # the item-code path's weight, as calibrate_rating_paths sets it
+        model.item_code_gain.fill_(0.8)
     popularity = np.diff(train.tocsc().indptr)
     manifest = {
         "movie_ids": MOVIE_IDS.tolist(),
