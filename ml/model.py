@@ -590,7 +590,8 @@ class Autoencoder(nn.Module):
                 config.wide_max_items,
             )
         config = dataclasses.replace(config)  # the tuned λ are recorded in the model's copy
-        if config.item_codes and train.shape[0] * train.shape[1] > config.item_code_max_cells:
+        too_many_cells = train.shape[0] * train.shape[1] > config.item_code_max_cells
+        if config.item_codes and train.shape[1] <= config.wide_max_items and too_many_cells:
             logger.warning(
                 "%d users × %d movies exceeds item_code_max_cells=%d: no item-code path",
                 *train.shape,

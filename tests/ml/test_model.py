@@ -184,7 +184,10 @@ def test_wide_paths_start_from_closed_forms_with_zero_diagonal() -> None:
 
 def test_wide_paths_are_dropped_for_large_catalogues() -> None:
     model = Autoencoder.from_data(random_ratings(), ModelConfig(wide_max_items=10))
-    assert model.wide is None and model.wide_rating is None
+    assert model.wide is None and model.wide_rating is None and model.item_code is None
+    # The item autoencoder grows with users × movies: left out above item_code_max_cells.
+    few_cells = Autoencoder.from_data(random_ratings(), ModelConfig(item_code_max_cells=100))
+    assert few_cells.item_code is None and few_cells.config.item_codes == 0
 
 
 def test_item_embeddings_have_one_row_per_movie() -> None:
