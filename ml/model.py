@@ -19,6 +19,11 @@ first hidden layer, and two linear heads read that:
 * A second wide path feeds the rating head: an item × item ridge regression (zero diagonal) of a
   user's residual ratings on the other residuals, solved in closed form from the training matrix,
   with a learned gain.
+* A third rating path reads frozen movie codes (I × d) from an item-row autoencoder trained on
+  the training matrix's columns; a user's vector is folded in at inference time by a ridge
+  regression of the user's residuals on the codes of the movies they rated, so a visitor or a
+  fresh rating needs no retraining. Its weight is fitted on held-out ratings beside the other
+  paths' scales (``calibrate_rating_paths``).
 
 The tutorial model (20-10-20 sigmoid, MSE on rated entries only) is ``ModelConfig.tutorial()``;
 its ranking scores are its predicted ratings.
