@@ -110,6 +110,9 @@ class Recommender:
         self.precision = self._choose_precision(precision)
         if self.precision == "bfloat16":
             self.model.to(torch.bfloat16)
+        if getattr(self.model, "item_code", None) is not None:
+            # The item-code fold-in gathers from H Hᵀ (I × I): computed now, not on a request.
+            self.model._item_code_gram()
 
     def _choose_precision(self, precision: str) -> str:
         """``auto``: bfloat16 weights for a large catalogue on a CPU whose bfloat16 matrix
