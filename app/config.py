@@ -54,6 +54,17 @@ class Settings(BaseSettings):
         "active model's by more than this (relative, 0.01 = 1 %).",
     )
     max_body_bytes: int = Field(1_000_000, description="Largest accepted request body.")
+    result_memo_size: int = Field(
+        0,
+        ge=0,
+        description="Recommendation answers kept per API process and reused for the same "
+        "model, parameters and user ratings (0 = off).",
+    )
+    scoring_thread: bool = Field(
+        False,
+        description="Run the forward passes on a scoring thread of their own instead of the "
+        "event loop's thread (measured slower on small hosts: smaller batches, thread hops).",
+    )
 
     @model_validator(mode="after")
     def _production_refuses_dev_defaults(self) -> Settings:

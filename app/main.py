@@ -19,11 +19,12 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import sessionmaker
 
 from app.api import problems
+from app.api.hot import HotRecommendations
 from app.api.routers import admin, health, movies, recommendations, users
 from app.config import Settings, get_settings
 from app.db.session import make_engine
 from app.observability import Metrics, ObservabilityMiddleware, configure_logging
-from app.serving import Loader, MicroBatcher, ModelHolder, load_checkpoint
+from app.serving import Loader, MicroBatcher, ModelHolder, ResultMemo, load_checkpoint
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("movierec.app")
@@ -90,12 +91,17 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     app.state.engine = engine
     app.state.sessions = sessionmaker(bind=engine, expire_on_commit=False)
     app.state.metrics = metrics
-    app.state.batcher = MicroBatcher(observe=metrics.batch_size.observe)
+    app.state.batcher = MicroBatcher(
+        observe=metrics.batch_size.observe, threaded=settings.scoring_thread
+    )
+    app.state.memo = ResultMemo(settings.result_memo_size)
     app.state.holder = ModelHolder(engine, device=settings.device, metrics=metrics, loader=loader)
     problems.install(app)
     for module in (health, movies, users, recommendations, admin):
         app.include_router(module.router)
     _mount_page(app)
+    # Inside the observability layer (request ids, metrics, access log), above the routing.
+    app.add_middleware(HotRecommendations, api=app)
     app.add_middleware(
         ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
     )

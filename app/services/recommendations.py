@@ -18,7 +18,7 @@ from app.repositories import ratings as ratings_repo
 from app.repositories import users as users_repo
 from app.repositories.ratings import RatingsReader
 from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
-from app.serving import MicroBatcher, ServingState
+from app.serving import MicroBatcher, ResultMemo, ServingState
 
 NO_MODEL_DETAIL = (
     "no model is loaded yet: train one with `movierec train` "
@@ -122,12 +122,25 @@ async def recommend_for_user(
     n: int,
     offset: int,
     filters: Filters,
+    memo: ResultMemo | None = None,
 ) -> Recommendations:
-    """Recommendations for a stored user (404 when the user does not exist)."""
-    ratings = await reader.for_user_async(user_id)
-    if not ratings and not reader.user_exists(user_id):
+    """Recommendations for a stored user (404 when the user does not exist).
+
+    With a ``memo``, an answer computed for the same serving state, parameters and ratings
+    (as this request's query read them) is returned again instead of being recomputed.
+    """
+    rows = await reader.rows_for_user_async(user_id)
+    if not rows and not reader.user_exists(user_id):
         raise NotFoundError(f"user {user_id} does not exist", user_id=user_id)
-    return await recommend_from_ratings(require_state(state), batcher, ratings, n, offset, filters)
+    live = require_state(state)
+    if memo is None or memo.size <= 0:
+        return await recommend_from_ratings(live, batcher, dict(rows), n, offset, filters)
+    key = (live.version_id, n, offset, filters, tuple(rows))
+    answer: Recommendations | None = memo.get(live, key)
+    if answer is None:
+        answer = await recommend_from_ratings(live, batcher, dict(rows), n, offset, filters)
+        memo.put(live, key, answer)
+    return answer
 
 
 async def recommend_for_visitor(

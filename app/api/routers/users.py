@@ -62,7 +62,14 @@ async def user_recommendations(
     app_state = request.app.state
     holder = app_state.holder
     result = await rec_service.recommend_for_user(
-        holder.ratings, holder.state, app_state.batcher, user_id, n, offset, filters
+        holder.ratings,
+        holder.state,
+        app_state.batcher,
+        user_id,
+        n,
+        offset,
+        filters,
+        memo=app_state.memo,
     )
     app_state.metrics.recommendations.labels(result.source).inc()
     return recommendations_response(user_id, result)
