@@ -18,6 +18,14 @@ Results go to ``<dir>/serve-results.json`` and a Markdown table on stdout.
 ``--trees LABEL=DIR,...`` serves from source trees of other revisions (e.g. unpacked with
 ``git archive REV | tar -x -C DIR``), one after the other against the same store and model, so
 that the effect of each change is measured side by side in one run on the same machine state.
+``--configs LABEL:VAR=VALUE+VAR=VALUE,...`` does the same for server settings (environment
+variables), e.g. ``memo:MOVIEREC_RESULT_MEMO_SIZE=4096``; ``--workers N`` starts N uvicorn
+worker processes (the ping endpoint gets the same server). ``--rounds R`` repeats every
+(tree, configuration) R times, interleaved, and keeps every run.
+
+Besides wrk's figures, each run records the server's CPU time per request (user + system of
+the server process and its workers, from /proc, over the wrk run): on a shared machine it moves
+far less than requests/s, which depends on how much of the CPUs the server got.
 """
 
 from __future__ import annotations
@@ -97,14 +105,31 @@ def build_store(scenario: Scenario, rebuild: bool) -> None:
         shutil.rmtree(scenario.folder)
     scenario.folder.mkdir(parents=True, exist_ok=True)
     env = scenario.env()
-    if not store.exists():
-        run(["movierec", "db", "upgrade"], env)
+    fresh = not store.exists()
+    run(["movierec", "db", "upgrade"], env)  # idempotent: an older store gets new revisions
+    if fresh:
         for cmd in scenario.setup:
             run(cmd, env)
     run(
         ["movierec", "train", "--epochs", str(scenario.epochs), "--device", "cpu", "--if-no-model"],
         env,
     )
+
+
+def activate(scenario: Scenario, version: int) -> None:
+    """Make ``version`` the active model of the scenario's store (the registry's own step)."""
+    from sqlalchemy.orm import Session
+
+    from app.db.session import make_engine
+    from app.services import registry
+
+    engine = make_engine(scenario.url)
+    try:
+        with Session(engine) as session, session.begin():
+            registry.activate(session, version)
+    finally:
+        engine.dispose()
+    print(f"model version {version} activated", flush=True)
 
 
 def user_ids(scenario: Scenario, limit: int = 5000) -> list[int]:
@@ -125,11 +150,16 @@ SERVE_FROM_TREE = "import sys; from app.cli import main; sys.exit(main())"
 
 
 def start_server(
-    scenario: Scenario, port: int, tree: Path | None = None
+    scenario: Scenario,
+    port: int,
+    tree: Path | None = None,
+    *,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`movierec serve` of the installed package, or of the source tree ``tree``."""
     log = (scenario.folder / "serve.log").open("wb")
-    env = scenario.env()
+    env = {**scenario.env(), **(extra_env or {})}
     command = ["movierec"]
     if tree is not None:
         command = [sys.executable, "-c", SERVE_FROM_TREE]
@@ -140,7 +170,7 @@ def start_server(
             "serve",
             "--no-worker",
             "--workers",
-            "1",
+            str(workers),
             "--host",
             "127.0.0.1",
             "--port",
@@ -203,27 +233,77 @@ def recommendations_lua(ids: list[int], delay_ms: float | None) -> str:
     return "\n".join(lines)
 
 
-def wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, Any]:
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and all its descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == current)
+    return total
+
+
+def wrk(
+    url: str, script: Path, duration: int, connections: int, server_pid: int | None = None
+) -> dict[str, Any]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
+    cpu_before = tree_cpu_seconds(server_pid) if server_pid else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    if server_pid and result["requests"]:
+        cpu = tree_cpu_seconds(server_pid) - cpu_before
+        result["server_cpu_us_per_request"] = round(cpu * 1e6 / result["requests"], 1)
+        result["server_cpu_cores"] = round(cpu / result["seconds"], 2)
     return result
 
 
+def batch_sizes(base: str) -> tuple[float, float]:
+    """(forward passes, requests scored) so far, from the server's metrics."""
+    with urllib.request.urlopen(f"{base}/metrics") as r:
+        text = r.read().decode()
+    values = {"count": 0.0, "sum": 0.0}
+    for row in text.splitlines():
+        for key in values:
+            if row.startswith(f"movierec_forward_batch_size_{key} "):
+                values[key] = float(row.split()[1])
+    return values["count"], values["sum"]
+
+
 def measure(
-    scenario: Scenario, duration: int, connections: int, label: str, tree: Path | None
+    scenario: Scenario,
+    duration: int,
+    connections: int,
+    label: str,
+    tree: Path | None,
+    *,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> None:
     """ping, full load and half rate against one server; results under ``label``."""
     port = free_port()
     print(f"-- {scenario.name}: {label}", flush=True)
     try:
-        server = start_server(scenario, port, tree)
+        server = start_server(scenario, port, tree, workers=workers, extra_env=extra_env)
     except ModelRefused as exc:
         print(f"the active model does not load ({exc}); training a new one", flush=True)
         train(scenario, only_if_no_model=False)
-        server = start_server(scenario, port, tree)
+        server = start_server(scenario, port, tree, workers=workers, extra_env=extra_env)
     base = f"http://127.0.0.1:{port}"
+    pid = server.pid
     try:
         ids = user_ids(scenario)
         ping = write_lua(
@@ -231,14 +311,22 @@ def measure(
         )
         recs = write_lua(scenario.folder, "recs", recommendations_lua(ids, None))
         wrk(base, recs, 3, connections)  # warm-up
-        results: dict[str, Any] = {"ping": wrk(base, ping, duration, connections)}
-        results["recommendations"] = wrk(base, recs, duration, connections)
+        results: dict[str, Any] = {
+            "workers": workers,
+            "env": extra_env or {},
+            "ping": wrk(base, ping, duration, connections, pid),
+        }
+        passes, scored = batch_sizes(base)
+        results["recommendations"] = wrk(base, recs, duration, connections, pid)
+        passes_after, scored_after = batch_sizes(base)
+        if workers == 1 and passes_after > passes:  # one process: its metrics are the server's
+            results["mean_batch"] = round((scored_after - scored) / (passes_after - passes), 2)
         half = results["recommendations"]["rps"] / 2
         delay = connections * 1000.0 / half
         paced = write_lua(scenario.folder, "paced", recommendations_lua(ids, delay))
         results["half_rate"] = {
             "target_rps": round(half, 1),
-            **wrk(base, paced, duration, connections),
+            **wrk(base, paced, duration, connections, pid),
         }
         results["ratio"] = round(results["recommendations"]["rps"] / results["ping"]["rps"], 3)
         with urllib.request.urlopen(f"{base}/readyz") as r:
@@ -250,28 +338,45 @@ def measure(
 
 def markdown(scenarios: list[Scenario], duration: int, connections: int) -> str:
     rows = [
-        f"wrk -t1 -c{connections} -d{duration}s; one uvicorn worker (`movierec serve --no-worker`),"
-        " SQLite store, CPU, torch 1 thread, log level WARNING.",
+        f"wrk -t1 -c{connections} -d{duration}s; `movierec serve --no-worker --workers N`,"
+        " SQLite store, CPU, torch 1 thread per process, log level WARNING. cpu µs/req: CPU"
+        " time of the server's processes per request answered.",
         "",
-        "| catalogue | code | endpoint | requests/s | p50 ms | p95 ms | p99 ms | non-2xx |",
-        "|---|---|---|---|---|---|---|---|",
+        "| catalogue | run | ping req/s | ping cpu µs/req | recs req/s | recs cpu µs/req "
+        "| mean batch | ratio | recs p50 / p99 ms | half rate: achieved req/s | p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scenarios:
         for code, r in s.results.items():
-            for key, label in (
-                ("ping", "GET /v1/ping (ceiling)"),
-                ("recommendations", "GET /v1/users/{id}/recommendations"),
-                ("half_rate", "recommendations at half the max rate"),
-            ):
-                m = r[key]
-                rows.append(
-                    f"| {s.name} | {code} | {label} | {m['rps']:.0f} | {m['p50_ms']:.2f} | "
-                    f"{m['p95_ms']:.2f} | {m['p99_ms']:.2f} | {m['non_2xx']} |"
-                )
+            p, q, h = r["ping"], r["recommendations"], r["half_rate"]
             rows.append(
-                f"| {s.name} | {code} | ratio recommendations / ping | {r['ratio']:.2f} | | | | | |"
+                f"| {s.name} | {code} | {p['rps']:.0f} | {p.get('server_cpu_us_per_request', '')}"
+                f" | {q['rps']:.0f} | {q.get('server_cpu_us_per_request', '')}"
+                f" | {r.get('mean_batch', '')} | {r['ratio']:.2f}"
+                f" | {q['p50_ms']:.1f} / {q['p99_ms']:.1f}"
+                f" | {h['rps']:.0f} (target {h['target_rps']:.0f})"
+                f" | {h['p50_ms']:.1f} / {h['p99_ms']:.1f} |"
             )
     return "\n".join(rows)
+
+
+def parse_configs(value: str | None) -> list[tuple[str, dict[str, str]]]:
+    """``"memo:MOVIEREC_RESULT_MEMO_SIZE=4096+X=1,plain:"`` → labelled environments."""
+    if not value:
+        return [("", {})]
+    configs: list[tuple[str, dict[str, str]]] = []
+    for part in value.split(","):
+        label, sep, assignments = part.partition(":")
+        if not sep or not label:
+            raise SystemExit(f"--configs: {part!r} is not LABEL:VAR=VALUE+VAR=VALUE")
+        env: dict[str, str] = {}
+        for assignment in filter(None, assignments.split("+")):
+            name, eq, val = assignment.partition("=")
+            if not eq or not name:
+                raise SystemExit(f"--configs: {assignment!r} is not VAR=VALUE")
+            env[name] = val
+        configs.append((label, env))
+    return configs
 
 
 def parse_trees(value: str | None) -> list[tuple[str, Path | None]]:
@@ -298,8 +403,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synth-ratings", type=int, default=200_000)
     p.add_argument("--rebuild", action="store_true", help="rebuild stores and models")
     p.add_argument("--trees", help="LABEL=DIR,...: serve from these source trees in turn")
+    p.add_argument(
+        "--configs", help="LABEL:VAR=VALUE+VAR=VALUE,...: server environments to serve with"
+    )
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every run, interleaved")
+    p.add_argument(
+        "--activate", type=int, help="model version to activate before serving (one catalogue)"
+    )
     args = p.parse_args(argv)
     trees = parse_trees(args.trees)
+    configs = parse_configs(args.configs)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
@@ -351,8 +465,25 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [known[name] for name in args.catalogues.split(",")]
     for scenario in scenarios:
         build_store(scenario, args.rebuild)
-        for label, tree in trees:
-            measure(scenario, args.duration, args.connections, label, tree)
+        if args.activate is not None:
+            activate(scenario, args.activate)
+        for round_ in range(1, args.rounds + 1):
+            for tree_label, tree in trees:
+                for config_label, extra_env in configs:
+                    label = "+".join(x for x in (tree_label, config_label) if x)
+                    if args.workers != 1:
+                        label += f" ({args.workers} workers)"
+                    if args.rounds > 1:
+                        label += f" #{round_}"
+                    measure(
+                        scenario,
+                        args.duration,
+                        args.connections,
+                        label,
+                        tree,
+                        workers=args.workers,
+                        extra_env=extra_env,
+                    )
         print(json.dumps(scenario.results, indent=2), flush=True)
     out = args.dir / "serve-results.json"
     out.write_text(json.dumps({s.name: asdict(s)["results"] for s in scenarios}, indent=2))
