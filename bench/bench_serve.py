@@ -88,17 +88,31 @@ class Scenario:
         return env
 
 
-def run(cmd: list[str], env: dict[str, str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, env=env, check=True)
+SERVE_FROM_TREE = "import sys; from app.cli import main; sys.exit(main())"
 
 
-def train(scenario: Scenario, *, only_if_no_model: bool) -> None:
+def run(cmd: list[str], env: dict[str, str], tree: Path | None = None) -> None:
+    """A `movierec` command of the installed package, or of the source tree ``tree``."""
+    print("$", " ".join(cmd), f"(tree {tree})" if tree else "", flush=True)
+    if tree is None:
+        subprocess.run(cmd, env=env, check=True)
+        return
+    assert cmd[0] == "movierec"
+    subprocess.run(
+        [sys.executable, "-c", SERVE_FROM_TREE, *cmd[1:]],
+        env={**env, "PYTHONPATH": str(tree.resolve())},
+        cwd=tree.resolve(),
+        check=True,
+    )
+
+
+def train(scenario: Scenario, *, only_if_no_model: bool, tree: Path | None = None) -> None:
+    """Train with the code of ``tree`` (the one that will serve), or the installed package."""
     cmd = ["movierec", "train", "--epochs", str(scenario.epochs), "--device", "cpu"]
-    run([*cmd, "--if-no-model"] if only_if_no_model else cmd, scenario.env())
+    run([*cmd, "--if-no-model"] if only_if_no_model else cmd, scenario.env(), tree)
 
 
-def build_store(scenario: Scenario, rebuild: bool) -> None:
+def build_store(scenario: Scenario, rebuild: bool, tree: Path | None = None) -> None:
     """Store + trained, active model; reused when present unless ``rebuild``."""
     store = scenario.folder / "store.db"
     if rebuild and scenario.folder.exists():
@@ -110,10 +124,7 @@ def build_store(scenario: Scenario, rebuild: bool) -> None:
     if fresh:
         for cmd in scenario.setup:
             run(cmd, env)
-    run(
-        ["movierec", "train", "--epochs", str(scenario.epochs), "--device", "cpu", "--if-no-model"],
-        env,
-    )
+    train(scenario, only_if_no_model=True, tree=tree)
 
 
 def activate(scenario: Scenario, version: int) -> None:
@@ -144,9 +155,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-SERVE_FROM_TREE = "import sys; from app.cli import main; sys.exit(main())"
 
 
 def start_server(
@@ -300,7 +308,7 @@ def measure(
         server = start_server(scenario, port, tree, workers=workers, extra_env=extra_env)
     except ModelRefused as exc:
         print(f"the active model does not load ({exc}); training a new one", flush=True)
-        train(scenario, only_if_no_model=False)
+        train(scenario, only_if_no_model=False, tree=tree)
         server = start_server(scenario, port, tree, workers=workers, extra_env=extra_env)
     base = f"http://127.0.0.1:{port}"
     pid = server.pid
@@ -464,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     scenarios = [known[name] for name in args.catalogues.split(",")]
     for scenario in scenarios:
-        build_store(scenario, args.rebuild)
+        build_store(scenario, args.rebuild, trees[-1][1])  # a model the newest code reads
         if args.activate is not None:
             activate(scenario, args.activate)
         for round_ in range(1, args.rounds + 1):
