@@ -20,8 +20,9 @@ validation slice; the test part is never read. One torch thread.
 
 ``python bench/item_codes.py serve CHECKPOINT --ratings-csv R.csv``
     Milliseconds per user of ``Recommender.top_k_rows`` (k = 10) for 64 users of the file at
-    batch 1 and 8, with the item-code path on and off, beside the previous serving path (every
-    rating of the catalogue computed, then gathered).
+    batch 1 and 8, with the item-code path on and off (and the checkpoint's re-ranking, when
+    it has one, on and off), beside the previous serving path (every rating of the catalogue
+    computed, then gathered; never re-ranked).
 
 ``python bench/item_codes.py synthetic [--movies 87000]``
     The same comparison of serving paths on a random catalogue of that many movies (2,000
@@ -202,15 +203,21 @@ def compare(rec: Recommender, m: sp.csr_matrix) -> None:
         np.testing.assert_allclose(preds, full[rec.columns(ids)], rtol=1e-5, atol=1e-5)
     gain = rec.model.item_code_gain
     weight = float(gain) if gain is not None else 0.0
-    for label, value in (("on", weight), ("off", 0.0)):
+    config = rec.model.config
+    rerank = config.rerank_weight
+    runs = [("on", weight, rerank), *([("on", weight, 0.0)] if rerank else []), ("off", 0.0, 0.0)]
+    for label, value, rerank_weight in runs:
         if gain is not None:
             gain.fill_(value)
+        config.rerank_weight = rerank_weight
         for size in (1, 8):
             per_user_ms(rec.top_k_rows, size)  # warm-up
             print(
                 json.dumps(
                     {
                         "item_codes": label,
+                        "rerank_weight": rerank_weight,
+                        "rerank_candidates": config.rerank_candidates if rerank_weight else 0,
                         "batch": size,
                         "full_ratings_ms_per_user": round(per_user_ms(full_then_gather, size), 3),
                         "top_k_rows_ms_per_user": round(per_user_ms(rec.top_k_rows, size), 3),

@@ -43,7 +43,7 @@ from ml import metrics
 from ml.baselines import EASE, BiasBaseline, Popularity
 from ml.data import DataError, RatingsData, build_matrix, densify, split_per_user, split_ratings
 from ml.data import validation_split as early_stopping_split
-from ml.model import Autoencoder
+from ml.model import Autoencoder, ranks_as_scores
 from ml.train import TrainConfig, fit, preset
 
 MODELS = ("bias", "popularity", "ease", "seed", "default")
@@ -60,6 +60,7 @@ LABELS = {
 }
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 350.0, 500.0, 750.0, 1000.0, 2000.0)
 BATCH_USERS = 256  # users scored per dense (B, I) batch
+TOP_RANKED = 20  # positions of the served ranking the ranking metrics read (Recall@20)
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # user rows → (B, I) scores
 
@@ -74,7 +75,14 @@ def autoencoder_scorer(model: Autoencoder, train: sp.csr_matrix) -> tuple[Scorer
         pred, scores = model.eval()(x, m)
         return pred.numpy(), scores.numpy()
 
-    return (lambda rows: heads(rows)[0]), (lambda rows: heads(rows)[1])
+    def ranked(rows: np.ndarray) -> np.ndarray:
+        if not model.config.rerank_weight:  # the full scores (ties: lower column first)
+            return heads(rows)[1]
+        # The served ranking (re-ranking included) as scores of its top TOP_RANKED positions.
+        cols, vals = model.top_k_csr(train[rows], TOP_RANKED)
+        return ranks_as_scores(cols, vals, model.n_items)
+
+    return (lambda rows: heads(rows)[0]), ranked
 
 
 def _on_rows(score: Callable[[sp.csr_matrix], np.ndarray], train: sp.csr_matrix) -> Scorer:
@@ -140,12 +148,12 @@ def _train_autoencoder(
 ) -> tuple[Autoencoder, dict[str, Any]]:
     """Fit one autoencoder with early stopping on a slice of ``train``; returns it and facts.
 
-    The model is then finished on the early-stopping slice, which its weights never saw:
-    monitoring RMSE (the rating protocol), the scales of its two rating paths are refitted by
-    least squares (``Autoencoder.calibrate_rating_paths``); with ``ease_lambdas`` (the ranking
-    protocol) the weight of the deep correction beside EASE is chosen
-    (``Autoencoder.choose_wide_mix``), then the EASE path is tuned and solved again on all of
-    ``train`` (:func:`refit_wide_path`)."""
+    The model is then finished on the early-stopping slice, which its weights never saw, as
+    ``ml.train.finish`` does: the weights of its rating paths are refitted by least squares
+    (``Autoencoder.calibrate_rating_paths``); with ``ease_lambdas`` (the ranking protocol) the
+    weight of the deep correction beside EASE (``Autoencoder.choose_wide_mix``) and that of
+    the re-ranking by predicted ratings (``Autoencoder.choose_rerank``) are chosen, then the
+    EASE path is tuned and solved again on all of ``train`` (:func:`refit_wide_path`)."""
     cfg = dataclasses.replace(
         config,
         seed=seed,
@@ -159,12 +167,15 @@ def _train_autoencoder(
     best = next((h["best_epoch"] for h in reversed(history) if "best_epoch" in h), len(history))
     facts: dict[str, Any] = {"epochs_run": len(history), "best_epoch": best}
     facts["train_seconds"] = round(time.perf_counter() - started, 2)
-    if monitor == "rmse" and stop_part.nnz:
+    if stop_part.nnz:
         facts["calibration"] = model.calibrate_rating_paths(fit_part, stop_part)
     if ease_lambdas and model.wide is not None:
         tried = model.choose_wide_mix(fit_part, stop_part)
         facts["wide_mix"] = model.config.wide_mix
         facts["wide_mix_validation_ndcg@10"] = {str(k): v for k, v in tried.items()}
+        reranks = model.choose_rerank(fit_part, stop_part)
+        facts["rerank_weight"] = model.config.rerank_weight
+        facts["rerank_validation_ndcg@10"] = {str(k): v for k, v in reranks.items()}
         facts |= refit_wide_path(model, train, seed, ease_lambdas)
     return model, facts
 
@@ -236,7 +247,7 @@ def evaluate_ranking_split(
             }
         elif name in AUTOENCODERS:
             model, facts = _train_autoencoder(
-                name, train, configs[name], seed, "ndcg@10", log, ease_lambdas
+                name, train, configs[name], seed, configs[name].monitor, log, ease_lambdas
             )
             _, score_rows = autoencoder_scorer(model, train)
             out[name] = {**ranking_metrics(score_rows, train, test), **facts}

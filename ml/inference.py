@@ -277,49 +277,53 @@ class Recommender:
         pass for the ranking scores over the whole catalogue, one masked ``torch.topk`` over
         the whole batch, then predicted ratings computed for the returned columns only (every
         rating path restricted to k columns per user, ``Autoencoder.rate_columns``; equal to
-        the full computation). Returns per row ``(movie ids, scores, predicted ratings)``, best
-        first; fewer than ``ks[b]`` when fewer movies are left.
+        the full computation) — with the model's re-ranking on, for its ``rerank_candidates``
+        best-scored columns, which it orders again (``Autoencoder.top_k_sparse``).
+        Returns per row ``(movie ids, scores, predicted ratings)``, best first; fewer than
+        ``ks[b]`` when fewer movies are left.
         """
         if not rows:
             return []
         if any(np.shape(a) != (self.n_items,) for a in allowed):
             raise ValueError(f"allowed must be bool masks of shape ({self.n_items},)")
-        users = None
-        if hasattr(self.model, "encode_sparse"):
-            idx_t, val_t, off_t, _ = self._packed(rows)
-            with torch.inference_mode():
-                users = self.model.encode_sparse(idx_t, val_t, off_t)
-                scores = self.model.rank_sparse(users).float()  # (B, I)
-        else:
-            pred, scores = self._forward(rows)  # (B, I) each
         first = allowed[0]
         if all(a is first for a in allowed):  # the common case: one filter for the batch
             blocked = torch.from_numpy(~first).to(self.device).expand(len(rows), -1).clone()
         else:
             blocked = torch.from_numpy(~np.stack(allowed)).to(self.device)
-        lengths = [len(c) for c, _ in rows]
-        seg = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
-        cols = torch.from_numpy(np.concatenate([c for c, _ in rows]).astype(np.int64))
-        blocked[seg.to(self.device), cols.to(self.device)] = True
-        k = min(max(ks), self.n_items)
-        if k <= 0:
-            return [
-                (np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.float32))
-            ] * len(rows)
-        with torch.inference_mode():  # the forward's outputs are inference tensors
-            top = torch.topk(scores.masked_fill_(blocked, -math.inf), k, dim=1)
-            if users is not None:
-                top_preds = self.model.rate_columns(users, top.indices).float().cpu().numpy()
-            else:
-                top_preds = pred.gather(1, top.indices).cpu().numpy()
-        top_cols = top.indices.cpu().numpy()
-        top_scores = top.values.cpu().numpy()
+        top_cols, top_scores, top_preds = self._ranked(rows, max(ks), blocked)
         out = []
         for b, want in enumerate(ks):
             keep = min(want, int(np.isfinite(top_scores[b]).sum()))
             c = top_cols[b, :keep]
             out.append((self.movie_ids[c], top_scores[b, :keep], top_preds[b, :keep]))
         return out
+
+    def _ranked(
+        self, rows: Sequence[tuple[np.ndarray, np.ndarray]], k: int, blocked: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Columns, scores and predicted ratings (B, k) of the best ``k`` columns of encoded
+        rows that neither ``blocked`` (B, I, modified here) nor their own ratings exclude:
+        ``Autoencoder.top_k_sparse`` (the model's ranking, re-ranking included) — the one
+        ranking every method of this class serves."""
+        lengths = [len(c) for c, _ in rows]
+        seg = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
+        cols = torch.from_numpy(np.concatenate([c for c, _ in rows]).astype(np.int64))
+        blocked[seg.to(self.device), cols.to(self.device)] = True
+        k = min(k, self.n_items)
+        if k <= 0:
+            empty = np.empty((len(rows), 0))
+            return empty.astype(np.int64), empty.astype(np.float32), empty.astype(np.float32)
+        with torch.inference_mode():
+            if hasattr(self.model, "encode_sparse"):
+                idx_t, val_t, off_t, _ = self._packed(rows)
+                users = self.model.encode_sparse(idx_t, val_t, off_t)
+                top_c, top_s, top_p = self.model.top_k_sparse(users, blocked, k)
+            else:
+                pred, scores = self._forward(rows)  # (B, I) each
+                top = torch.topk(scores.masked_fill(blocked, -math.inf), k, dim=1)
+                top_c, top_s, top_p = top.indices, top.values, pred.gather(1, top.indices)
+        return top_c.cpu().numpy(), top_s.float().cpu().numpy(), top_p.float().cpu().numpy()
 
     def _blocked(
         self, rated: np.ndarray, exclude: Iterable[int], allowed: np.ndarray | None
@@ -337,28 +341,21 @@ class Recommender:
         return torch.from_numpy(blocked).to(self.device)
 
     def _top(
-        self,
-        scores: torch.Tensor,
-        pred: torch.Tensor,
-        blocked: torch.Tensor,
-        n: int,
-        offset: int,
+        self, encoded: tuple[np.ndarray, np.ndarray], blocked: torch.Tensor, n: int, offset: int
     ) -> list[Scored]:
-        """Top ``n`` unblocked columns after skipping ``offset`` of them."""
+        """Top ``n`` unblocked columns of one encoded user after skipping ``offset`` of them."""
         if n < 0 or offset < 0:
             raise ValueError("n and offset must be non-negative")
         k = min(n + offset, int((~blocked).sum()))
         if k <= offset:
             return []
-        masked = scores.masked_fill(blocked, -math.inf)
-        top = torch.topk(masked, k)
-        top_cols = top.indices[offset:].cpu().numpy()
-        top_scores = top.values[offset:].cpu().numpy()
-        preds = pred[top_cols].cpu().numpy() if len(top_cols) else np.empty(0)
-        ids = self.movie_ids[top_cols]
+        cols, scores, preds = self._ranked([encoded], k, blocked.clone().unsqueeze(0))
+        c = cols[0, offset:k]
         return [
             Scored(int(m), float(s), float(p))
-            for m, s, p in zip(ids, top_scores, preds, strict=True)
+            for m, s, p in zip(
+                self.movie_ids[c], scores[0, offset:k], preds[0, offset:k], strict=True
+            )
         ]
 
     def recommend(
@@ -376,8 +373,7 @@ class Recommender:
         is defined for every model (the service may prefer :meth:`popular` there).
         """
         cols, vals = self._encode(ratings)
-        pred, scores = self._forward([(cols, vals)])
-        return self._top(scores[0], pred[0], self._blocked(cols, exclude, allowed), n, offset)
+        return self._top((cols, vals), self._blocked(cols, exclude, allowed), n, offset)
 
     def recommend_many(
         self,
@@ -387,14 +383,28 @@ class Recommender:
         allowed: np.ndarray | None = None,
     ) -> list[list[Scored]]:
         """:meth:`recommend` for many users, ``BATCH`` users per forward pass."""
+        if n < 0:
+            raise ValueError("n and offset must be non-negative")
         exclude = list(exclude)
         out: list[list[Scored]] = []
         for start in range(0, len(users), BATCH):
             encoded = [self._encode(r) for r in users[start : start + BATCH]]
-            pred, scores = self._forward(encoded)
-            for b, (cols, _) in enumerate(encoded):
-                blocked = self._blocked(cols, exclude, allowed)
-                out.append(self._top(scores[b], pred[b], blocked, n, 0))
+            blocked = torch.stack([self._blocked(c, exclude, allowed) for c, _ in encoded])
+            left = (~blocked).sum(1).tolist()
+            cols, scores, preds = self._ranked(encoded, n, blocked)
+            for b in range(len(encoded)):
+                keep = min(n, int(left[b]))
+                out.append(
+                    [
+                        Scored(int(m), float(s), float(p))
+                        for m, s, p in zip(
+                            self.movie_ids[cols[b, :keep]],
+                            scores[b, :keep],
+                            preds[b, :keep],
+                            strict=True,
+                        )
+                    ]
+                )
         return out
 
     def top_n_matrix(
@@ -408,19 +418,14 @@ class Recommender:
         if matrix.shape[1] != self.n_items:
             raise ValueError(f"matrix has {matrix.shape[1]} columns, the model {self.n_items}")
         m = sp.csr_matrix(matrix, dtype=np.float32)
-        k = min(n, self.n_items)
         for start in range(0, m.shape[0], batch_size):
             block = m[start : start + batch_size]
             rows = [
                 (block.indices[a:b].astype(np.int64), block.data[a:b])
                 for a, b in zip(block.indptr[:-1], block.indptr[1:], strict=True)
             ]
-            _, scores = self._forward(rows)  # (B, I)
-            coo = block.tocoo()
-            seen = torch.zeros_like(scores, dtype=torch.bool)
-            seen[torch.from_numpy(coo.row).long(), torch.from_numpy(coo.col).long()] = True
-            top = torch.topk(scores.masked_fill(seen, -math.inf), k, dim=1)
-            top_s, top_c = top.values.cpu().numpy(), top.indices.cpu().numpy()
+            blocked = torch.zeros(len(rows), self.n_items, dtype=torch.bool, device=self.device)
+            top_c, top_s, _ = self._ranked(rows, n, blocked)
             ids = np.where(np.isfinite(top_s), self.movie_ids[top_c], -1)
             yield start, ids, top_s
 

@@ -119,11 +119,26 @@ class ModelConfig:
     item_code_batch: int = 64  # movies per step
     item_code_max_cells: int = 50_000_000  # no item-code path when users × movies exceeds this
     # (the item autoencoder's cost and its encoder's size grow with the number of users)
+    # Re-ranking: the best `rerank_candidates` movies of the ranking score are ordered again by
+    # score + rerank_weight · log P(rating ≥ threshold), P from the predicted rating under a
+    # normal spread `rerank_sigma` (the rating paths' RMSE on held-out ratings, set by
+    # calibrate_rating_paths); only those candidates are rated. 0 = the ranking score's order.
+    # choose_rerank sets the weight from `rerank_weights` on held-out ratings (docs/model.md).
+    rerank_weight: float = 0.0
+    rerank_weights: tuple[float, ...] = (0.1,)  # candidates (chosen on validation slices)
+    rerank_candidates: int = 50  # K': how many of the best-scored movies are re-ranked
+    rerank_threshold: float = 3.5  # a rating above it counts as liked (relevance = rating ≥ 4)
+    rerank_sigma: float = 0.9  # spread of a rating around its prediction
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.wide_lambdas = tuple(float(v) for v in self.wide_lambdas)
         self.wide_mixes = tuple(float(v) for v in self.wide_mixes)
+        self.rerank_weights = tuple(float(v) for v in self.rerank_weights)
+        if min((self.rerank_weight, *self.rerank_weights)) < 0 or self.rerank_candidates < 1:
+            raise ValueError("rerank weights must be >= 0 and rerank_candidates >= 1")
+        if self.rerank_sigma <= 0:
+            raise ValueError(f"rerank_sigma must be > 0, got {self.rerank_sigma}")
         if min((self.wide_mix, *self.wide_mixes)) < 0:
             raise ValueError("wide_mix and its candidates must be non-negative")
         self.wide_rating_lambdas = tuple(float(v) for v in self.wide_rating_lambdas)
@@ -182,7 +197,13 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (tuples become lists)."""
         out = dataclasses.asdict(self)
-        for key in ("hidden", "wide_lambdas", "wide_rating_lambdas", "wide_mixes"):
+        for key in (
+            "hidden",
+            "wide_lambdas",
+            "wide_rating_lambdas",
+            "wide_mixes",
+            "rerank_weights",
+        ):
             out[key] = list(out[key])
         return out
 
@@ -299,6 +320,16 @@ def _clearly_better(values: np.ndarray, reference: np.ndarray | None) -> bool:
     if diff.size < 2:
         return False
     return bool(diff.mean() > 2.0 * diff.std(ddof=1) / np.sqrt(diff.size))
+
+
+def ranks_as_scores(cols: np.ndarray, vals: np.ndarray, n_items: int) -> np.ndarray:
+    """(B, I) scores whose order is the ranked lists ``cols`` (B, k), best first: k − rank at
+    the listed columns (−inf where ``vals`` is −inf: nothing was left to list), −inf elsewhere.
+    For metrics that read a top-k of at most k from full score rows."""
+    out = np.full((cols.shape[0], n_items), -np.inf)
+    ranks = np.arange(cols.shape[1], 0, -1, dtype=np.float64)
+    np.put_along_axis(out, cols, np.where(np.isfinite(vals), ranks, -np.inf), axis=1)
+    return out
 
 
 def _dense_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -780,6 +811,7 @@ class Autoencoder(nn.Module):
         after = rmse(base + features @ scales)
         fitted = dict(zip(names, (float(v) for v in scales), strict=True))
         out = {"deep_scale": fitted["deep"], "rmse_before": before, "rmse_after": after}
+        self.config.rerank_sigma = round(after, 4)  # the spread the re-ranking assumes
         self.rating_head.weight.mul_(fitted["deep"])
         self.rating_head.bias.mul_(fitted["deep"])
         if has_ridge and self.wide_rating_gain is not None:
@@ -897,6 +929,97 @@ class Autoencoder(nn.Module):
             codes = (self.item_code[cols].float() * users.code_w.unsqueeze(1)).sum(2)
             pred = pred + self.item_code_gain * codes.to(pred.dtype)
         return pred.clamp(self.rating_min, self.rating_max)
+
+    def rerank_terms(self, preds: Tensor) -> Tensor:
+        """What the re-ranking adds to the ranking score of a candidate with predicted rating
+        ``preds``: ``rerank_weight · log Φ((preds − threshold) / sigma)``, the log-probability
+        that the user rates it above the threshold under a normal spread."""
+        cfg = self.config
+        z = (preds.double() - cfg.rerank_threshold) / cfg.rerank_sigma
+        return (cfg.rerank_weight * torch.special.log_ndtr(z)).to(preds.dtype)
+
+    def top_k_sparse(
+        self, users: SparseUsers, blocked: Tensor, k: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The ranking every caller serves: columns (B, k), scores (B, k) and predicted ratings
+        (B, k) of the best ``k`` columns of encoded users that ``blocked`` (B, I) allows.
+
+        With ``rerank_weight`` 0 it is the top ``k`` of ``rank_sparse``. Otherwise the best
+        ``rerank_candidates`` allowed columns by that score are rated (``rate_columns``, those
+        columns only) and ordered by score + ``rerank_terms`` (ties: the score's order), the
+        score returned being that sum; any further positions follow in the score's order. A
+        position with nothing allowed left has score −inf."""
+        scores = self.rank_sparse(users).float().masked_fill(blocked, -torch.inf)  # (B, I)
+        k = min(k, self.n_items)
+        n_cand = min(self.config.rerank_candidates, self.n_items)
+        if self.config.rerank_weight == 0 or k <= 0:
+            top = torch.topk(scores, k, dim=1)
+            return top.indices, top.values, self.rate_columns(users, top.indices).float()
+        top = torch.topk(scores, max(k, n_cand), dim=1)
+        cand = top.indices[:, :n_cand]
+        preds = self.rate_columns(users, cand).float()  # (B, K')
+        combined = top.values[:, :n_cand] + self.rerank_terms(preds)
+        order = torch.sort(combined, dim=1, descending=True, stable=True).indices
+        cols = torch.cat([cand.gather(1, order), top.indices[:, n_cand:]], dim=1)[:, :k]
+        vals = torch.cat([combined.gather(1, order), top.values[:, n_cand:]], dim=1)[:, :k]
+        preds = preds.gather(1, order)
+        if k > n_cand:  # positions past the candidates: rated as well
+            preds = torch.cat([preds, self.rate_columns(users, top.indices[:, n_cand:]).float()], 1)
+        return cols, vals, preds[:, :k]
+
+    @torch.no_grad()
+    def top_k_csr(self, rows: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``top_k_sparse`` of every row of a CSR (users × this model's columns), each user's
+        rated movies blocked: (columns (B, k), scores (B, k)), in eval mode."""
+        rows = sp.csr_matrix(rows, dtype=np.float32)
+        dev = self.input_bias.device
+        lengths = torch.from_numpy(np.diff(rows.indptr).astype(np.int64)).to(dev)
+        offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)[:-1]])
+        indices = torch.from_numpy(rows.indices.astype(np.int64)).to(dev)
+        values = torch.from_numpy(rows.data).to(dev)
+        was_training = self.training
+        self.eval()
+        users = self.encode_sparse(indices, values, offsets)
+        blocked = torch.zeros(rows.shape[0], self.n_items, dtype=torch.bool, device=dev)
+        seg = torch.repeat_interleave(torch.arange(rows.shape[0], device=dev), lengths)
+        blocked[seg, indices] = True
+        cols, vals, _ = self.top_k_sparse(users, blocked, k)
+        self.train(was_training)
+        return cols.cpu().numpy(), vals.float().cpu().numpy()
+
+    @torch.no_grad()
+    def choose_rerank(self, train: sp.csr_matrix, held_out: sp.csr_matrix) -> dict[float, float]:
+        """Set ``config.rerank_weight`` from the candidates ``config.rerank_weights`` by
+        NDCG@10 on ``held_out`` (ratings the model was not trained on; relevance = rating ≥ 4),
+        each user's list ranked from their ``train`` row (``top_k_csr``): the best candidate,
+        unless the ranking score's order alone (weight 0) beats it by more than two standard
+        errors of the per-user difference. The candidates were chosen, and passed the rule in
+        the other direction, on larger validation slices (docs/model.md); a 5 % slice is too
+        small to confirm a gain of that size, but large enough to catch a weight that harms.
+        Returns {weight: NDCG@10}; {} without candidates or relevant held-out ratings."""
+        cfg = self.config
+        if not cfg.rerank_weights or self.ranking_head is None:
+            return {}
+        relevant = metrics.relevance(sp.csr_matrix(held_out))  # (U, I)
+        users = np.flatnonzero(relevant.any(axis=1))
+        if users.size == 0:
+            return {}
+        weights = sorted({0.0, *cfg.rerank_weights})
+        per: dict[float, list[np.ndarray]] = {w: [] for w in weights}
+        for start in range(0, users.size, 256):
+            rows = users[start : start + 256]
+            block = sp.csr_matrix(train)[rows]
+            for w in weights:
+                cfg.rerank_weight = w
+                cols, vals = self.top_k_csr(block, 10)
+                ranked = ranks_as_scores(cols, vals, self.n_items)
+                per[w].append(metrics.ndcg_at_k(ranked, relevant[rows], 10))
+        per_user = {w: np.concatenate(v) for w, v in per.items()}
+        results = {w: float(np.nanmean(v)) for w, v in per_user.items()}
+        best = max((w for w in weights if w > 0), key=lambda w: (results[w], -w))
+        harmful = _clearly_better(per_user[0.0], per_user[best])
+        cfg.rerank_weight = 0.0 if harmful else best
+        return results
 
     def encode_sparse(self, indices: Tensor, values: Tensor, offsets: Tensor) -> SparseUsers:
         """Everything about B users of a packed sparse batch (see ``forward_sparse``) that the

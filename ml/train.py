@@ -40,7 +40,7 @@ from tqdm import tqdm
 from ml import checkpoint
 from ml.data import DataError, RatingsData, densify, load_ratings, validation_split
 from ml.inference import resolve_device
-from ml.model import Autoencoder, ModelConfig
+from ml.model import Autoencoder, ModelConfig, ranks_as_scores
 
 EpochCallback = Callable[[dict[str, Any]], None]
 RELEVANT = 4.0  # a held-out rating >= this is relevant for NDCG (as in ml.metrics)
@@ -316,7 +316,8 @@ def validate(
     """Validation metrics: each user's held-out ratings predicted from their training row.
 
     RMSE/MAE over the held-out ratings; NDCG@10 and recall@10 of the ranking scores with the
-    training movies masked. Users are sharded across DDP ranks and the sums all-reduced.
+    training movies masked (of the served top 10 when the model re-ranks). Users are sharded
+    across DDP ranks and the sums all-reduced.
     """
     was_training = model.training
     model.eval()
@@ -331,6 +332,11 @@ def validate(
         with _autocast(device, config):
             pred, scores = model(x, m)
         pred, scores = pred.float(), scores.float()
+        if model.config.rerank_weight and model.ranking_head is not None:
+            # The served ranking (re-ranking included), as scores of its top TOP_K positions.
+            cols, vals = model.top_k_csr(train[rows], TOP_K)
+            ranked_scores = ranks_as_scores(cols, vals, train.shape[1])
+            scores = torch.from_numpy(ranked_scores).float().to(device)
         err = (pred - y) * ym
         ndcg, recall, ranked = _ndcg_recall_sums(scores.masked_fill(m, -math.inf), y, ym, TOP_K)
         batch_sums = [
@@ -552,7 +558,8 @@ def finish(
 
     On the validation slice, which the weights never saw: refit the scales of the rating paths
     (``calibrate_rating_paths``) and choose the weight of the deep ranking correction beside EASE
-    (``choose_wide_mix``); then validate the finished model (the metrics the registry compares).
+    (``choose_wide_mix``) and the weight of the re-ranking by predicted ratings
+    (``choose_rerank``); then validate the finished model (the metrics the registry compares).
     Last, tune and solve the closed-form EASE path again on every rating (``full``): it needs no
     early stopping, so the deployed model should not lose the slice. Returns the facts to record
     (with ``"validation"`` replaced by the finished model's figures); nothing without a slice.
@@ -564,6 +571,9 @@ def finish(
         tried = model.choose_wide_mix(train, val)
         facts["wide_mix"] = model.config.wide_mix
         facts["wide_mix_validation_ndcg@10"] = {str(k): v for k, v in tried.items()}
+        reranks = model.choose_rerank(train, val)
+        facts["rerank_weight"] = model.config.rerank_weight
+        facts["rerank_validation_ndcg@10"] = {str(k): v for k, v in reranks.items()}
     facts["validation"] = validate(model, train, val, torch.device("cpu"), config)
     if model.wide is not None:
         model.tune_closed_form_paths(full, seed=config.seed, rating_path=False)
@@ -727,6 +737,10 @@ def main(argv: list[str] | None = None) -> int:
     _init_distributed(config)
     try:
         result = train_from_store(args.database_url, args.out, config)
+        if dist.is_initialized():
+            # The other ranks wait for rank 0's finishing steps and checkpoint: a rank that
+            # left the group while rank 0 was still working could abort ("terminate called").
+            dist.barrier()
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
