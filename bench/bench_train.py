@@ -6,12 +6,18 @@
     a plain ``torch.mm`` over the same matrix shapes timed in the same run as the attainable
     ceiling, and their ratio.
 
-``python bench/bench_train.py scale --database-url URL [--batches N]``
+``python bench/bench_train.py scale --database-url URL [--batches N] [--compare] [--epoch]``
     Loads the store (e.g. 200,000 users x 87,000 movies x 32 million ratings made by
     ``movierec data synth``) with ``ml.data.load_ratings``, times the load, times ``N`` training
-    batches and extrapolates the time of one epoch, and reports the peak resident memory of the
-    process. Without ``--database-url`` the CSR is generated directly with numpy (say so when
-    reporting).
+    batches the way the trainer feeds them (packed rows for ``Autoencoder.loss_sparse`` when the
+    model allows it, else dense blocks) and extrapolates the time of one epoch, and reports the
+    peak resident memory of the process. ``--compare`` also times ``N`` batches through the
+    dense objective (``densify`` + ``Autoencoder.loss``) on the same model, interleaved with the
+    packed ones. ``--epoch`` then runs the store trainer's own ``ml.train.fit`` for one whole
+    epoch on the training part of ``ml.data.validation_split`` (as ``train_from_store``), with
+    its validation pass over the held-out slice, timing each; the finishing steps and the
+    checkpoint are left out. Without ``--database-url`` the CSR is generated directly with numpy
+    (say so when reporting).
 
 Both print one JSON object; nothing is written elsewhere.
 """
@@ -30,7 +36,8 @@ import scipy.sparse as sp
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ml.data import densify, load_ratings
+import ml.train
+from ml.data import densify, load_ratings, pack_rows, validation_split
 from ml.inference import resolve_device
 from ml.model import Autoencoder, ModelConfig
 from ml.train import TrainConfig, make_optimizer
@@ -108,31 +115,57 @@ def step_flops(model: Autoencoder, x: torch.Tensor, m: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def _step(
+    model: Autoencoder,
+    optimizer: torch.optim.Optimizer,
+    train: sp.csr_matrix,
+    rows: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    sparse: bool,
+) -> None:
+    """One training step as ``ml.train._train_epoch`` takes it: batch, objective, backward,
+    gradient clipping, AdamW."""
+    batch = pack_rows(train, rows, device) if sparse else densify(train, rows, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss, _ = model.loss_sparse(*batch) if sparse else model.loss(*batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+
+
 def time_batches(
-    model: Autoencoder, train: sp.csr_matrix, config: TrainConfig, n_batches: int, device
-) -> tuple[float, int]:
-    """Seconds for ``n_batches`` full training steps (densify, loss, backward, AdamW)."""
+    model: Autoencoder,
+    train: sp.csr_matrix,
+    config: TrainConfig,
+    n_batches: int,
+    device: torch.device,
+    modes: tuple[bool, ...] | None = None,
+) -> dict[bool, float]:
+    """Seconds for ``n_batches`` full training steps per mode (True: packed rows and
+    ``loss_sparse``; False: dense blocks and ``loss``; default: the trainer's choice), the modes
+    interleaved batch by batch on the same random batches, after one untimed warm-up step each.
+    """
+    modes = modes if modes is not None else (model.sparse_training(),)
     optimizer = make_optimizer(model, config)
     rng = np.random.default_rng(0)
     users = np.flatnonzero(np.diff(train.indptr) > 0)
     model.train()
-    x, m = densify(train, rng.choice(users, config.batch_size, replace=False), device)
-    loss, _ = model.loss(x, m)  # warm-up step, not timed
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    start = time.perf_counter()
+    for sparse in modes:  # warm-up, not timed
+        rows = rng.choice(users, config.batch_size, replace=False)
+        _step(model, optimizer, train, rows, config, device, sparse)
+    seconds = dict.fromkeys(modes, 0.0)
     for _ in range(n_batches):
         rows = rng.choice(users, config.batch_size, replace=False)
-        x, m = densify(train, rows, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, _ = model.loss(x, m)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    _sync(device)
-    return time.perf_counter() - start, n_batches * config.batch_size
+        for sparse in modes:
+            _sync(device)
+            start = time.perf_counter()
+            _step(model, optimizer, train, rows, config, device, sparse)
+            _sync(device)
+            seconds[sparse] += time.perf_counter() - start
+    return seconds
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,7 +181,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     model = Autoencoder.from_data(train, ModelConfig()).to(device)
     x, m = densify(train, np.arange(min(config.batch_size, train.shape[0])), device)
     flops = step_flops(model, x, m)
-    seconds, users = time_batches(model, train, config, args.batches, device)
+    (seconds,) = time_batches(model, train, config, args.batches, device).values()
+    users = args.batches * config.batch_size
     achieved = flops * args.batches / seconds / 1e9
     ceiling = matmul_ceiling(matmul_shapes(model, config.batch_size), device, repeat=3)
     return {
@@ -184,10 +218,14 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     build_start = time.perf_counter()
     model = Autoencoder.from_data(train, ModelConfig()).to(device)
     build_s = time.perf_counter() - build_start
-    seconds, users = time_batches(model, train, config, args.batches, device)
+    sparse = model.sparse_training()
+    modes = (True, False) if args.compare and sparse else (sparse,)
+    timed = time_batches(model, train, config, args.batches, device, modes)
+    seconds = timed[sparse]
+    users = args.batches * config.batch_size
     n_users = int((np.diff(train.indptr) > 0).sum())
     batches_per_epoch = int(np.ceil(n_users / config.batch_size))
-    return {
+    result: dict[str, Any] = {
         "mode": "scale",
         "data": source,
         "shape": list(train.shape),
@@ -199,11 +237,61 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
         "model_build_s": build_s,
         "parameters": sum(p.numel() for p in model.parameters()),
         "batch_size": config.batch_size,
+        "batches_per_epoch": batches_per_epoch,
         "timed_batches": args.batches,
+        "objective": "loss_sparse (packed rows)" if sparse else "loss (dense blocks)",
         "seconds_per_batch": seconds / args.batches,
         "users_per_s": users / seconds,
         "extrapolated_epoch_s": seconds / args.batches * batches_per_epoch,
-        "peak_rss_gib": peak_rss_gib(),
+    }
+    if len(modes) == 2:
+        result["dense_objective_seconds_per_batch"] = timed[not sparse] / args.batches
+        result["speedup"] = timed[not sparse] / seconds
+    result["peak_rss_before_epoch_gib"] = peak_rss_gib()
+    if args.epoch:
+        del model  # fit builds its own
+        result |= one_epoch(train, device, args.batch_size)
+    result["peak_rss_gib"] = peak_rss_gib()
+    return result
+
+
+def one_epoch(train: sp.csr_matrix, device: torch.device, batch_size: int) -> dict[str, Any]:
+    """One epoch of the store trainer (``ml.train.fit``, its default config, ``epochs=1``) on
+    the training part of the validation split ``train_from_store`` makes, with its validation
+    pass; the finishing steps and the checkpoint are not run."""
+    config = TrainConfig(epochs=1, batch_size=batch_size, device=str(device), progress=True)
+    start = time.perf_counter()
+    fit_part, val_part = validation_split(train, config.val_frac, config.seed)
+    split_s = time.perf_counter() - start
+    validate = ml.train.validate
+    validation_s = 0.0
+
+    def timed_validate(*args: Any, **kwargs: Any) -> dict[str, float]:
+        nonlocal validation_s
+        started = time.perf_counter()
+        try:
+            return validate(*args, **kwargs)
+        finally:
+            validation_s += time.perf_counter() - started
+
+    ml.train.validate = timed_validate  # type: ignore[assignment]
+    try:
+        start = time.perf_counter()
+        model, history = ml.train.fit(fit_part, val_part, config)
+        fit_s = time.perf_counter() - start
+    finally:
+        ml.train.validate = validate  # type: ignore[assignment]
+    record = history[0]
+    return {
+        "epoch_split_s": split_s,
+        "epoch_train_users": int((np.diff(fit_part.indptr) > 0).sum()),
+        "epoch_heldout_ratings": int(val_part.nnz),
+        "epoch_fit_s": fit_s,
+        "epoch_s": record["seconds"],
+        "epoch_users_per_s": record["users_per_s"],
+        "epoch_validation_s": validation_s,
+        "epoch_record": record,
+        "epoch_objective": "loss_sparse" if model.sparse_training() else "loss",
     }
 
 
@@ -216,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratings", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     p.add_argument("--batches", type=int, default=20)
+    p.add_argument(
+        "--compare", action="store_true", help="scale: also time the dense objective, interleaved"
+    )
+    p.add_argument(
+        "--epoch", action="store_true", help="scale: then run one whole epoch of ml.train.fit"
+    )
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = p.parse_args(argv)

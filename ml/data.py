@@ -357,6 +357,26 @@ def densify(
     return dense.view(batch, n_items), mask.view(batch, n_items)
 
 
+def pack_rows(
+    m: sp.csr_matrix, rows: np.ndarray, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CSR ``rows`` as a packed sparse batch on ``device``: (column indices (N,) int64,
+    values (N,) float32, offsets (B,) int64 where each row starts), the input of
+    ``Autoencoder.loss_sparse`` and ``forward_sparse``; nothing of size (B, I) is built."""
+    device = torch.device(device)
+    rows = np.asarray(rows, dtype=np.int64)
+    _, cols, vals = row_entries(m, rows)
+    lens = (m.indptr[rows + 1] - m.indptr[rows]).astype(np.int64)  # (B,)
+    offsets = torch.from_numpy(np.cumsum(lens) - lens)
+    indices = torch.from_numpy(cols)
+    values = torch.from_numpy(np.ascontiguousarray(vals, dtype=np.float32))
+    if device.type == "cuda":
+        return tuple(  # type: ignore[return-value]
+            t.pin_memory().to(device, non_blocking=True) for t in (indices, values, offsets)
+        )
+    return indices, values, offsets
+
+
 def batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """Consecutive slices of ``order`` of ``batch_size`` (the last one may be shorter)."""
     for start in range(0, len(order), batch_size):

@@ -1196,6 +1196,96 @@ class Autoencoder(nn.Module):
         parts["loss"] = float(total.detach())
         return total, parts
 
+    def sparse_training(self) -> bool:
+        """Whether ``loss_sparse`` computes this model's objective: true unless a path that
+        reads whole (B, I) rows in training is on (the EASE or residual-ridge wide paths, an
+        active item-code path, dense re-feeding)."""
+        return (
+            self.wide is None
+            and self.wide_rating is None
+            and not self._codes_active()
+            and not self.config.refeed
+        )
+
+    def loss_sparse(
+        self, indices: Tensor, values: Tensor, offsets: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        """``loss`` of a packed sparse batch (user b rated the movie columns
+        ``indices[offsets[b]:offsets[b+1]]`` with ``values[...]``, each movie at most once),
+        for models where ``sparse_training()`` holds: the same objective and gradients up to
+        float rounding, and the same random draws (the input-dropout draw is still one per
+        (user, movie) cell, read at the rated cells).
+
+        Only the rated movies are touched where the dense objective multiplies by the mask:
+        the first layer is an embedding bag over the rated rows of its weights, the masked
+        rating MSE reads the rating head's rows of the rated movies (no (B, I) rating output),
+        and the ranking loss gathers the log-softmax at the rated cells; only the ranking
+        head's (B, I) logits remain dense (the log-softmax needs every movie)."""
+        if not self.sparse_training():
+            raise ValueError("this model's objective reads dense rows: use loss()")
+        cfg = self.config
+        indices = indices.long()
+        offsets = offsets.long()
+        n_b = offsets.numel()
+        dtype = self.input_bias.dtype
+        values = values.to(dtype)
+        lengths = torch.diff(offsets, append=offsets.new_tensor([indices.numel()]))  # (B,)
+        seg = torch.repeat_interleave(torch.arange(n_b, device=indices.device), lengths)  # (N,)
+        keep = torch.ones_like(values)  # (N,) 1 = shown to the encoder
+        if self.training and cfg.input_dropout > 0:
+            draws = torch.rand(n_b, self.n_items, dtype=dtype, device=values.device)  # (B, I)
+            keep = (draws[seg, indices] >= cfg.input_dropout).to(dtype)
+        n_keep = values.new_zeros(n_b).index_add_(0, seg, keep).unsqueeze(1)  # (B, 1)
+        shown = values * keep  # (N,)
+        base = None
+        if cfg.baseline:
+            dev = (shown - self.global_mean - self.item_bias[indices]) * keep  # (N,)
+            sums = values.new_zeros(n_b).index_add_(0, seg, dev)
+            user_bias = sums.unsqueeze(1) / (n_keep + cfg.user_bias_reg)  # (B, 1)
+            resid = (dev - user_bias[seg, 0]) * keep  # (N,)
+            base = self.global_mean + self.item_bias[indices] + user_bias[seg, 0]  # (N,)
+        else:
+            resid = shown
+        scale = n_keep.clamp_min(1.0).rsqrt() if cfg.normalise else torch.ones_like(n_keep)
+        h = self.input_bias.expand(n_b, -1)
+        if self.w_rating is not None:
+            h = h + F.embedding_bag(
+                indices,
+                self.w_rating,
+                offsets,
+                mode="sum",
+                per_sample_weights=resid * scale[seg, 0],
+            )
+        if self.w_binary is not None:
+            h = h + F.embedding_bag(
+                indices, self.w_binary, offsets, mode="sum", per_sample_weights=keep * scale[seg, 0]
+            )
+        hidden = self._hidden(h)  # (B, h0)
+        head = self.rating_head
+        rows = F.embedding(indices, head.weight)  # (N, h0) the rated movies' output rows
+        pred = (hidden[seg] * rows).sum(1) + head.bias[indices]  # (N,)
+        if base is not None:
+            pred = pred + base
+        n_obs = max(indices.numel(), 1)
+        rating_loss = (pred - values).square().sum() / n_obs
+        total = cfg.rating_weight * rating_loss
+        parts = {"rating_mse": float(rating_loss.detach())}
+        if self.ranking_head is not None and cfg.ranking_weight > 0:
+            scores = self.ranking_head(hidden)  # (B, I)
+            n = lengths.to(dtype).clamp_min(1.0)  # (B,)
+            if cfg.ranking_loss == "multinomial":
+                picked = F.log_softmax(scores, dim=1)[seg, indices]  # (N,)
+                per_user = picked.new_zeros(n_b).index_add_(0, seg, picked)
+                ranking_loss = -(per_user / n).mean()
+            else:
+                m = torch.zeros_like(scores)
+                m[seg, indices] = 1.0
+                ranking_loss = self._ranking_loss(scores, m)
+            total = total + cfg.ranking_weight * ranking_loss
+            parts["ranking"] = float(ranking_loss.detach())
+        parts["loss"] = float(total.detach())
+        return total, parts
+
     def _ranking_loss(self, scores: Tensor, m: Tensor) -> Tensor:
         """Objective over all movies of the binarised row ``m`` (B, I)."""
         n = m.sum(1).clamp_min(1.0)  # (B,)

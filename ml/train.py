@@ -8,7 +8,9 @@ DistributedDataParallel (NCCL on GPU, gloo on CPU), each process taking an inter
 the shuffled users (same number of batches per process), validation sums all-reduced, and only
 rank 0 writing the checkpoint.
 
-Batches are densified on the fly from the CSR matrix (:func:`ml.data.densify`); no dense
+Batches are taken on the fly from the CSR matrix: packed sparse rows (:func:`ml.data.pack_rows`,
+``Autoencoder.loss_sparse``) when the model's objective allows it (no wide or item-code path:
+large catalogues), else dense (B x movies) blocks (:func:`ml.data.densify`); no dense
 users x movies matrix is ever built.
 """
 
@@ -38,7 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ml import checkpoint
-from ml.data import DataError, RatingsData, densify, load_ratings, validation_split
+from ml.data import DataError, RatingsData, densify, load_ratings, pack_rows, validation_split
 from ml.inference import resolve_device
 from ml.model import Autoencoder, ModelConfig, ranks_as_scores
 
@@ -218,14 +220,18 @@ def _all_reduce(values: list[float], device: torch.device, d: Dist) -> list[floa
 
 
 class _Objective(nn.Module):
-    """Calls ``model.loss`` through ``forward`` so that DDP synchronises its gradients."""
+    """Calls ``model.loss`` (a dense batch: ratings, mask) or ``model.loss_sparse`` (a packed
+    batch: indices, values, offsets) through ``forward`` so that DDP synchronises its
+    gradients."""
 
     def __init__(self, model: Autoencoder) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, ratings: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        return self.model.loss(ratings, mask)
+    def forward(self, *batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        if len(batch) == 3:
+            return self.model.loss_sparse(*batch)
+        return self.model.loss(*batch)
 
 
 def _wrap_ddp(objective: nn.Module, model: Autoencoder, device: torch.device) -> nn.Module:
@@ -324,13 +330,17 @@ def validate(
     users = np.flatnonzero(np.diff(val.indptr) > 0)[d.rank :: d.world]
     # Bounded dense blocks: at most EVAL_CELLS cells per (B, I) tensor on large catalogues.
     batch = max(1, min(config.eval_batch_size, EVAL_CELLS // train.shape[1]))
+    sparse = model.sparse_training()  # then only the ranking scores are a (B, I) output
     sums = [0.0] * 6  # squared error, absolute error, n ratings, ndcg, recall, n ranked users
     for start in range(0, len(users), batch):
         rows = users[start : start + batch]
         x, m = densify(train, rows, device)  # (B, I)
         y, ym = densify(val, rows, device)  # (B, I)
         with _autocast(device, config):
-            pred, scores = model(x, m)
+            if sparse:
+                pred, scores = _sparse_outputs(model, train, val, rows, device)
+            else:
+                pred, scores = model(x, m)
         pred, scores = pred.float(), scores.float()
         if model.config.rerank_weight and model.ranking_head is not None:
             # The served ranking (re-ranking included), as scores of its top TOP_K positions.
@@ -357,6 +367,30 @@ def validate(
         "recall@10": recall_sum / ranked if ranked else math.nan,
         "n_ratings": n,
     }
+
+
+def _sparse_outputs(
+    model: Autoencoder,
+    train: sp.csr_matrix,
+    val: sp.csr_matrix,
+    rows: np.ndarray,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model(x, m)``'s outputs for ``validate`` from packed rows (``encode_sparse``): the
+    ranking scores (B, I), and the clamped predicted ratings at the held-out cells only
+    (``rate_columns``), zero elsewhere — the cells the validation reads."""
+    users = model.encode_sparse(*pack_rows(train, rows, device))
+    scores = model.rank_sparse(users)
+    lens = np.diff(val.indptr)[rows]  # (B,)
+    valid = np.arange(max(int(lens.max()), 1))[None, :] < lens[:, None]  # (B, k)
+    cols = np.zeros(valid.shape, dtype=np.int64)
+    cols[valid] = pack_rows(val, rows)[0].numpy()  # row-major order = packed order
+    cols_t = torch.from_numpy(cols).to(device)
+    valid_t = torch.from_numpy(valid).to(device)
+    rated = model.rate_columns(users, cols_t).clamp(model.rating_min, model.rating_max)
+    pred = torch.zeros(scores.shape, dtype=rated.dtype, device=device)
+    pred[valid_t.nonzero(as_tuple=True)[0], cols_t[valid_t]] = rated[valid_t]
+    return pred, scores
 
 
 def _autocast(device: torch.device, config: TrainConfig) -> Any:
@@ -411,8 +445,10 @@ def _train_epoch(
     device: torch.device,
     config: TrainConfig,
     d: Dist,
+    sparse: bool = False,
 ) -> tuple[dict[str, float], int]:
-    """One pass over this rank's users; returns mean loss parts and the updated step count."""
+    """One pass over this rank's users; returns mean loss parts and the updated step count.
+    ``sparse``: batches are packed rows for ``Autoencoder.loss_sparse`` (else dense blocks)."""
     n_batches = _n_batches(train, config, d)
     bar = tqdm(
         _epoch_batches(train, epoch, config, d),
@@ -426,9 +462,9 @@ def _train_epoch(
     for rows in bar:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step, total_steps, config)
-        x, m = densify(train, rows, device)  # (B, I)
+        batch = pack_rows(train, rows, device) if sparse else densify(train, rows, device)
         with _autocast(device, config):
-            loss, parts = objective(x, m)
+            loss, parts = objective(*batch)
         if config.zero_grad:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -508,7 +544,16 @@ def _fit(
         model.train()
         record: dict[str, Any] = {"epoch": epoch}
         parts, step = _train_epoch(
-            objective, optimizer, train, epoch, step, total_steps, device, config, d
+            objective,
+            optimizer,
+            train,
+            epoch,
+            step,
+            total_steps,
+            device,
+            config,
+            d,
+            sparse=model.sparse_training(),
         )
         record.update(parts)
         record["lr"] = optimizer.param_groups[0]["lr"]

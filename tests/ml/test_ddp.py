@@ -41,13 +41,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+# The same without the residual-ridge path: the model trains on packed rows (loss_sparse).
+PACKED = with_overrides(CONFIG, {"model": {"wide_rating": False}})
+
+
+def _worker(rank: int, world: int, port: int, out: str, config: TrainConfig) -> None:
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
         train, val = _data()
-        _, history = fit(train, val, CONFIG)
+        _, history = fit(train, val, config)
         if rank == 0:
             Path(out).write_text(json.dumps(history))
     finally:
@@ -55,13 +59,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [CONFIG, PACKED], ids=["dense", "packed"])
+def test_two_gloo_processes_match_one_process(tmp_path: Path, config: TrainConfig) -> None:
     out = tmp_path / "ddp.json"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(out), config), nprocs=2, join=True)
     ddp = json.loads(out.read_text())
     train, val = _data()
-    _, single = fit(train, val, CONFIG)
-    assert len(ddp) == len(single) == CONFIG.epochs
+    model, single = fit(train, val, config)
+    assert model.sparse_training() == (config is PACKED)
+    assert len(ddp) == len(single) == config.epochs
     for a, b in zip(ddp, single, strict=True):
         assert a["val_n_ratings"] == b["val_n_ratings"]  # validation sums all-reduced
         assert a["val_rmse"] == pytest.approx(b["val_rmse"], rel=1e-3)
