@@ -534,15 +534,10 @@ def _fit(
     if d.active:
         objective = _wrap_ddp(objective, model, device)
     optimizer = make_optimizer(model, config)
-    key, higher = monitor_key(model, config)
     total_steps = config.epochs * _n_batches(train, config, d)
-    best_value, best_epoch, best_state = -math.inf if higher else math.inf, 0, None
-    history: list[dict[str, Any]] = []
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        record: dict[str, Any] = {"epoch": epoch}
+    sparse = model.sparse_training()
+
+    def run_epoch(epoch: int, step: int) -> tuple[dict[str, float], int, float]:
         parts, step = _train_epoch(
             objective,
             optimizer,
@@ -553,12 +548,44 @@ def _fit(
             device,
             config,
             d,
-            sparse=model.sparse_training(),
+            sparse=sparse,
         )
+        return parts, step, optimizer.param_groups[0]["lr"]
+
+    history = run_epochs(model, train, val, config, d, device, run_epoch, on_epoch)
+    return model.eval().to("cpu"), history
+
+
+EpochRunner = Callable[[int, int], tuple[dict[str, float], int, float]]
+
+
+def run_epochs(
+    model: Autoencoder,
+    train: sp.csr_matrix,
+    val: sp.csr_matrix | None,
+    config: TrainConfig,
+    d: Dist,
+    device: torch.device,
+    run_epoch: EpochRunner,
+    on_epoch: EpochCallback | None,
+) -> list[dict[str, Any]]:
+    """The epochs of a training loop around ``run_epoch(epoch, step) -> (loss parts, step, lr)``:
+    one record per epoch (JSON line on the main rank, ``on_epoch``), validation, early stopping
+    on the monitored metric, and the best epoch's weights restored at the end."""
+    key, higher = monitor_key(model, config)
+    users = int((np.diff(train.indptr) > 0).sum())
+    best_value, best_epoch, best_state = -math.inf if higher else math.inf, 0, None
+    history: list[dict[str, Any]] = []
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        record: dict[str, Any] = {"epoch": epoch}
+        parts, step, lr = run_epoch(epoch, step)
         record.update(parts)
-        record["lr"] = optimizer.param_groups[0]["lr"]
+        record["lr"] = lr
         record["seconds"] = time.perf_counter() - started
-        record["users_per_s"] = int((np.diff(train.indptr) > 0).sum()) / record["seconds"]
+        record["users_per_s"] = users / record["seconds"]
         if val is not None and val.nnz:
             record.update(
                 {f"val_{k}": v for k, v in validate(model, train, val, device, config, d).items()}
@@ -578,7 +605,7 @@ def _fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return model.eval().to("cpu"), history
+    return history
 
 
 # ---------------------------------------------------------------------------- store → checkpoint

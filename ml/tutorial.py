@@ -24,9 +24,7 @@ another order); ``tests/ml/test_tutorial.py`` runs both loops side by side in fl
 
 from __future__ import annotations
 
-import math
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -42,12 +40,10 @@ from ml.train import (
     EpochCallback,
     TrainConfig,
     _epoch_batches,
-    _log_epoch,
     _n_batches,
     _seed_everything,
     lr_factor,
-    monitor_key,
-    validate,
+    run_epochs,
 )
 
 ENABLED = True  # False sends every configuration to ml.train's autograd loop (for comparisons)
@@ -297,38 +293,12 @@ def fit(
     _seed_everything(config.seed)
     model = Autoencoder.from_data(train, config.model).to(device)
     trainer = TutorialTrainer(model, config)
-    key, higher = monitor_key(model, config)
     total_steps = config.epochs * _n_batches(train, config, d)
-    users = int((np.diff(train.indptr) > 0).sum())
-    best_value, best_epoch, best_state = -math.inf if higher else math.inf, 0, None
-    history: list[dict[str, Any]] = []
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        record: dict[str, Any] = {"epoch": epoch}
+
+    def run_epoch(epoch: int, step: int) -> tuple[dict[str, float], int, float]:
         parts, step = trainer.epoch(train, epoch, step, total_steps)
-        record.update(parts)
-        record["lr"] = trainer.lr
-        record["seconds"] = time.perf_counter() - started
-        record["users_per_s"] = users / record["seconds"]
-        if val is not None and val.nnz:
-            record.update(
-                {f"val_{k}": v for k, v in validate(model, train, val, device, config, d).items()}
-            )
-            value = record[f"val_{key}"]
-            better = value > best_value if higher else value < best_value
-            if better or best_state is None:
-                best_value, best_epoch = value, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            record["best_epoch"] = best_epoch
-        history.append(record)
-        _log_epoch(record, config)
-        if on_epoch is not None:
-            on_epoch(record)
-        if best_state is not None and config.patience and epoch - best_epoch >= config.patience:
-            break
+        return parts, step, trainer.lr
+
+    history = run_epochs(model, train, val, config, d, device, run_epoch, on_epoch)
     trainer.release()
-    if best_state is not None:
-        model.load_state_dict(best_state)
     return model.eval().to("cpu"), history
