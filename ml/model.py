@@ -887,6 +887,27 @@ class Autoencoder(nn.Module):
         pred = pred.clamp(self.rating_min, self.rating_max)
         return pred, (pred if self.ranking_head is None else scores)
 
+    def _first_layer_sparse(
+        self,
+        indices: Tensor,
+        offsets: Tensor,
+        n_b: int,
+        rating_weights: Tensor,
+        binary_weights: Tensor,
+    ) -> Tensor:
+        """The first layer's pre-activation (B, h0) from packed rows: embedding bags of the
+        rated movies' rows, weighted by the scaled residuals and the scaled "has rated" flags."""
+        h = self.input_bias.expand(n_b, -1)
+        if self.w_rating is not None:
+            h = h + F.embedding_bag(
+                indices, self.w_rating, offsets, mode="sum", per_sample_weights=rating_weights
+            )
+        if self.w_binary is not None:
+            h = h + F.embedding_bag(
+                indices, self.w_binary, offsets, mode="sum", per_sample_weights=binary_weights
+            )
+        return h
+
     def forward_sparse(
         self, indices: Tensor, values: Tensor, offsets: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -1043,19 +1064,7 @@ class Autoencoder(nn.Module):
         else:
             resid = values
         scale = n.clamp_min(1.0).rsqrt() if self.config.normalise else torch.ones_like(n)  # (B, 1)
-        h = self.input_bias.expand(n_b, -1)
-        if self.w_rating is not None:
-            h = h + F.embedding_bag(
-                indices,
-                self.w_rating,
-                offsets,
-                mode="sum",
-                per_sample_weights=resid * scale[seg, 0],
-            )
-        if self.w_binary is not None:
-            h = h + F.embedding_bag(
-                indices, self.w_binary, offsets, mode="sum", per_sample_weights=scale[seg, 0]
-            )
+        h = self._first_layer_sparse(indices, offsets, n_b, resid * scale[seg, 0], scale[seg, 0])
         wide = None
         if self.wide is not None:
             wide = F.embedding_bag(indices, self.wide, offsets, mode="sum")  # (B, I)
@@ -1247,19 +1256,9 @@ class Autoencoder(nn.Module):
         else:
             resid = shown
         scale = n_keep.clamp_min(1.0).rsqrt() if cfg.normalise else torch.ones_like(n_keep)
-        h = self.input_bias.expand(n_b, -1)
-        if self.w_rating is not None:
-            h = h + F.embedding_bag(
-                indices,
-                self.w_rating,
-                offsets,
-                mode="sum",
-                per_sample_weights=resid * scale[seg, 0],
-            )
-        if self.w_binary is not None:
-            h = h + F.embedding_bag(
-                indices, self.w_binary, offsets, mode="sum", per_sample_weights=keep * scale[seg, 0]
-            )
+        h = self._first_layer_sparse(
+            indices, offsets, n_b, resid * scale[seg, 0], keep * scale[seg, 0]
+        )
         hidden = self._hidden(h)  # (B, h0)
         head = self.rating_head
         rows = F.embedding(indices, head.weight)  # (N, h0) the rated movies' output rows
