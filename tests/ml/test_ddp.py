@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -54,8 +55,15 @@ def _worker(rank: int, world: int, port: int, out: str, config: TrainConfig) -> 
         _, history = fit(train, val, config)
         if rank == 0:
             Path(out).write_text(json.dumps(history))
+        # Both ranks leave together: a rank that tears the group down while the other is
+        # still working can abort inside gloo ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown: with two gloo ranks on a loaded machine, a
+    # native thread destroyed at exit occasionally aborts the process ("terminate called
+    # without an active exception") after the work and the group's teardown have succeeded.
+    os._exit(0)
 
 
 @pytest.mark.timeout(120)
