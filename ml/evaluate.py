@@ -44,7 +44,7 @@ from ml.baselines import EASE, BiasBaseline, Popularity
 from ml.data import DataError, RatingsData, build_matrix, densify, split_per_user, split_ratings
 from ml.data import validation_split as early_stopping_split
 from ml.model import Autoencoder, ranks_as_scores
-from ml.train import TrainConfig, fit, preset
+from ml.train import TrainConfig, choose_ranking_weights, fit, preset
 
 MODELS = ("bias", "popularity", "ease", "seed", "default")
 RATING_MODELS = ("bias", "seed", "default")  # the models that predict ratings
@@ -169,13 +169,8 @@ def _train_autoencoder(
     facts["train_seconds"] = round(time.perf_counter() - started, 2)
     if stop_part.nnz:
         facts["calibration"] = model.calibrate_rating_paths(fit_part, stop_part)
-    if ease_lambdas and model.wide is not None:
-        tried = model.choose_wide_mix(fit_part, stop_part)
-        facts["wide_mix"] = model.config.wide_mix
-        facts["wide_mix_validation_ndcg@10"] = {str(k): v for k, v in tried.items()}
-        reranks = model.choose_rerank(fit_part, stop_part)
-        facts["rerank_weight"] = model.config.rerank_weight
-        facts["rerank_validation_ndcg@10"] = {str(k): v for k, v in reranks.items()}
+    if ease_lambdas:
+        facts |= choose_ranking_weights(model, fit_part, stop_part)
         facts |= refit_wide_path(model, train, seed, ease_lambdas)
     return model, facts
 

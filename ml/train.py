@@ -619,6 +619,24 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
+def choose_ranking_weights(
+    model: Autoencoder, train: sp.csr_matrix, val: sp.csr_matrix
+) -> dict[str, Any]:
+    """On a held-out slice: the weight of the deep ranking correction beside EASE
+    (``choose_wide_mix``), then that of the re-ranking by predicted ratings (``choose_rerank``).
+    Returns the choices and the NDCG@10 of every candidate; {} for a model without EASE."""
+    if model.wide is None:
+        return {}
+    tried = model.choose_wide_mix(train, val)
+    reranks = model.choose_rerank(train, val)
+    return {
+        "wide_mix": model.config.wide_mix,
+        "wide_mix_validation_ndcg@10": {str(k): v for k, v in tried.items()},
+        "rerank_weight": model.config.rerank_weight,
+        "rerank_validation_ndcg@10": {str(k): v for k, v in reranks.items()},
+    }
+
+
 def finish(
     model: Autoencoder,
     train: sp.csr_matrix,
@@ -639,13 +657,7 @@ def finish(
     if val.nnz == 0:
         return {}
     facts: dict[str, Any] = {"calibration": model.calibrate_rating_paths(train, val)}
-    if model.wide is not None:
-        tried = model.choose_wide_mix(train, val)
-        facts["wide_mix"] = model.config.wide_mix
-        facts["wide_mix_validation_ndcg@10"] = {str(k): v for k, v in tried.items()}
-        reranks = model.choose_rerank(train, val)
-        facts["rerank_weight"] = model.config.rerank_weight
-        facts["rerank_validation_ndcg@10"] = {str(k): v for k, v in reranks.items()}
+    facts |= choose_ranking_weights(model, train, val)
     facts["validation"] = validate(model, train, val, torch.device("cpu"), config)
     if model.wide is not None:
         model.tune_closed_form_paths(full, seed=config.seed, rating_path=False)
