@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
-from app.api.routers.params import parse_ids, parse_names
+from app.api.routers.params import query_filters
 from app.api.routers.recommendations import recommendations_body
 from app.api.schemas.common import MAX_ID
 from app.observability import ASGIApp, Receive, Scope, Send
@@ -156,12 +156,7 @@ class HotRecommendations:
 
     async def _recommend(self, p: HotParams) -> tuple[bytes, bytes]:
         """The declared route's work: the same service call and the same JSON body."""
-        filters = rec_service.Filters(
-            genres=parse_names(p.genres),
-            year_min=p.year_min,
-            year_max=p.year_max,
-            exclude=parse_ids(p.exclude, "exclude"),
-        )
+        filters = query_filters(p.genres, p.year_min, p.year_max, p.exclude)
         state = self.api.state
         holder = state.holder
         result = await rec_service.recommend_for_user(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.api.schemas.common import MAX_ID
+from app.services import recommendations as rec_service
 from app.services.errors import InvalidInputError
 
 MAX_LIST = 1000
@@ -30,3 +31,15 @@ def parse_ids(value: str | None, field: str) -> tuple[int, ...]:
             )
         ids.append(int(part))
     return tuple(dict.fromkeys(ids))
+
+
+def query_filters(
+    genres: str | None, year_min: int | None, year_max: int | None, exclude: str | None
+) -> rec_service.Filters:
+    """The list filters of a recommendations query (``genres`` and ``exclude`` comma lists)."""
+    return rec_service.Filters(
+        genres=parse_names(genres),
+        year_min=year_min,
+        year_max=year_max,
+        exclude=parse_ids(exclude, "exclude"),
+    )

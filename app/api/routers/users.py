@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api.deps import SessionDep, StateDep
-from app.api.routers.params import parse_ids, parse_names
+from app.api.routers.params import parse_ids, query_filters
 from app.api.routers.recommendations import recommendations_response
 from app.api.schemas.common import MAX_ID, problem_responses
 from app.api.schemas.ratings import RatingIn, RatingOut, RatingPage
@@ -52,12 +52,7 @@ async def user_recommendations(
         str | None, Query(max_length=20_000, description="Comma list of movie ids to leave out.")
     ] = None,
 ) -> Response:
-    filters = rec_service.Filters(
-        genres=parse_names(genres),
-        year_min=year_min,
-        year_max=year_max,
-        exclude=parse_ids(exclude, "exclude"),
-    )
+    filters = query_filters(genres, year_min, year_max, exclude)
     # The hot route reads app state directly (no dependencies to solve per request).
     app_state = request.app.state
     holder = app_state.holder
