@@ -478,6 +478,9 @@ class ModelHolder:
             "loaded": self.state is not None,
             "version": self.state.version_id if self.state is not None else None,
         }
+        if self.state is not None:
+            device = getattr(self.state.recommender, "device", None)
+            report["device"] = str(device) if device is not None else None
         if self.last_failure is not None:
             report["last_failure"] = {
                 "version": self.last_failure.version_id,

@@ -32,6 +32,7 @@ def test_readyz_ready_with_a_model(client: TestClient, served) -> None:
     r = client.get("/readyz")
     assert r.status_code == 200
     assert r.json()["model"]["version"] == served.version_id and r.json()["database"]["ok"]
+    assert r.json()["model"]["device"] == "cpu"
 
 
 def test_readyz_503_without_a_model(bare_client: TestClient) -> None:
