@@ -287,7 +287,9 @@ class Recommender:
         if any(np.shape(a) != (self.n_items,) for a in allowed):
             raise ValueError(f"allowed must be bool masks of shape ({self.n_items},)")
         first = allowed[0]
-        if all(a is first for a in allowed):  # the common case: one filter for the batch
+        if len(rows) == 1:
+            blocked = torch.from_numpy(~first[None, :]).to(self.device)
+        elif all(a is first for a in allowed):  # the common case: one filter for the batch
             blocked = torch.from_numpy(~first).to(self.device).expand(len(rows), -1).clone()
         else:
             blocked = torch.from_numpy(~np.stack(allowed)).to(self.device)
@@ -306,17 +308,18 @@ class Recommender:
         rows that neither ``blocked`` (B, I, modified here) nor their own ratings exclude:
         ``Autoencoder.top_k_sparse`` (the model's ranking, re-ranking included) — the one
         ranking every method of this class serves."""
-        lengths = [len(c) for c, _ in rows]
-        seg = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
-        cols = torch.from_numpy(np.concatenate([c for c, _ in rows]).astype(np.int64))
-        blocked[seg.to(self.device), cols.to(self.device)] = True
+        idx_t, val_t, off_t, lengths = self._packed(rows)
+        if len(rows) == 1:
+            blocked[0].index_fill_(0, idx_t, True)
+        else:
+            users_of = np.repeat(np.arange(len(rows)), lengths)  # (N,) the user of each entry
+            blocked[torch.from_numpy(users_of).to(self.device), idx_t] = True
         k = min(k, self.n_items)
         if k <= 0:
             empty = np.empty((len(rows), 0))
             return empty.astype(np.int64), empty.astype(np.float32), empty.astype(np.float32)
         with torch.inference_mode():
             if hasattr(self.model, "encode_sparse"):
-                idx_t, val_t, off_t, _ = self._packed(rows)
                 users = self.model.encode_sparse(idx_t, val_t, off_t)
                 top_c, top_s, top_p = self.model.top_k_sparse(users, blocked, k)
             else:

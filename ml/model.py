@@ -407,7 +407,8 @@ class SparseUsers:
     offsets: Tensor  # (B,) start of each user in ``indices``
     seg: Tensor  # (N,) the user of each entry
     wide: Tensor | None  # (B, I) EASE scores, zero diagonal (None without that path)
-    code_w: Tensor | None  # (B, d) item-code user vectors (None when that path is off)
+    code_alpha: Tensor | None  # (N,) item-code dual coefficients, packed like ``indices``
+    # (``fold_in_duals``; None when that path is off)
 
 
 def train_item_codes(train: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
@@ -450,39 +451,10 @@ def train_item_codes(train: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
     return codes
 
 
-def fold_in_codes(
-    codes: Tensor,
-    indices: Tensor,
-    resid: Tensor,
-    lengths: Sequence[int],
-    lam: float,
-    item_gram: Tensor | None = None,
-) -> Tensor:
-    """Each user's vector w_u = (H_Rᵀ H_R + λI)⁻¹ H_Rᵀ y_u on the codes H_R of the movies they
-    rated (``indices``, packed user after user, ``lengths`` per user) and their residuals y_u
-    (``resid``): (B, d) float32, a row of zeros for a user without ratings.
-
-    Users with fewer ratings than d (2d with ``item_gram``) are solved in the dual form,
-    α = (H_R H_Rᵀ + λI)⁻¹ y_u, w_u = H_Rᵀ α (an n_u × n_u system), the others in the primal
-    (d × d); each group is one
-    batched Cholesky solve over users padded with zero rows, which leaves the solutions exact
-    (a zero row adds nothing to H_Rᵀ H_R, and in the dual its α is 0); users are sorted by
-    their number of ratings and solved in groups of at most ``FOLD_IN_GROUP`` whose sizes
-    differ by at most half, so padding stays small.
-    With ``item_gram`` (I × I, = codes @ codesᵀ, precomputed once) the dual's H_R H_Rᵀ is
-    gathered from it rather than multiplied out (n_u² · d operations saved per user)."""
-    h = codes.float()
-    d = h.shape[1]
-    n_b = len(lengths)
-    out = h.new_zeros(n_b, d)
-    if n_b == 0 or indices.numel() == 0:
-        return out
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-    sizes = np.asarray(lengths, dtype=np.int64)
-    resid = resid.float()
-    # The dual costs about n³/3 with the gram gathered, n²·d more without it; the primal
-    # n·d² + d³/3: the dual is the cheaper one below 2d ratings with the gram, below d without.
-    limit = 2 * d if item_gram is not None else d
+def _fold_in_groups(sizes: np.ndarray, limit: int) -> list[tuple[bool, np.ndarray]]:
+    """The batched solves of ``fold_in_duals``: (dual form?, users) per group. Users with
+    ratings are sorted by their number of ratings within each form and cut into groups of at
+    most ``FOLD_IN_GROUP`` whose sizes differ by at most half, so padding stays small."""
     groups: list[tuple[bool, np.ndarray]] = []
     for dual in (True, False):
         users = np.flatnonzero((sizes > 0) & ((sizes < limit) if dual else (sizes >= limit)))
@@ -498,32 +470,145 @@ def fold_in_codes(
             ):
                 groups.append((dual, users[start:end]))
                 start = end
-    for dual, users in groups:
+    return groups
+
+
+def _fold_in_one(
+    h: Tensor, cols: Tensor, y: Tensor, lam: float, dual: bool, item_gram: Tensor | None
+) -> Tensor:
+    """``fold_in_duals`` of one user who rated ``cols`` (n,) with residuals ``y`` (n,): α (n,),
+    unpadded (the gram block gathered row block first, then columns)."""
+    if dual:
+        if item_gram is not None:
+            gram = item_gram.index_select(0, cols).index_select(1, cols).float()  # (n, n)
+        else:
+            hr = h.index_select(0, cols)  # (n, d)
+            gram = hr @ hr.T
+        gram.diagonal().add_(lam)
+        return torch.cholesky_solve(y.unsqueeze(1), torch.linalg.cholesky(gram)).squeeze(1)
+    hr = h.index_select(0, cols)  # (n, d)
+    gram = hr.T @ hr  # (d, d)
+    gram.diagonal().add_(lam)
+    w = torch.cholesky_solve((hr.T @ y).unsqueeze(1), torch.linalg.cholesky(gram))  # (d, 1)
+    return (y - (hr @ w).squeeze(1)) / lam
+
+
+def fold_in_duals(
+    codes: Tensor,
+    indices: Tensor,
+    resid: Tensor,
+    lengths: Sequence[int],
+    lam: float,
+    item_gram: Tensor | None = None,
+) -> Tensor:
+    """The item-code fold-in in dual coefficients: α (N,) float32, packed like ``indices``,
+    such that each user's vector w_u = (H_Rᵀ H_R + λI)⁻¹ H_Rᵀ y_u on the codes H_R of the
+    movies they rated (``indices``, packed user after user, ``lengths`` per user) and their
+    residuals y_u (``resid``) is w_u = H_Rᵀ α_u. The item-code term of any movie c is then
+    h_c · w_u = Σ_j α_j (H Hᵀ)[c, r_j], so with H Hᵀ at hand the vector need not be formed.
+
+    Users with fewer ratings than d (2d with ``item_gram``) are solved in the dual form,
+    α = (H_R H_Rᵀ + λI)⁻¹ y_u (an n_u × n_u system), the others in the primal (d × d), whose
+    solution gives α = (y_u − H_R w_u) / λ (from (H_RᵀH_R + λI) w_u = H_Rᵀ y_u). A batch of one
+    user is solved as it is; larger batches in groups (``_fold_in_groups``), each one batched
+    Cholesky solve over users padded with zero rows, which leaves the solutions exact (a zero
+    row adds nothing to H_Rᵀ H_R, and in the dual its α is 0).
+    With ``item_gram`` (I × I, = codes @ codesᵀ, precomputed once) the dual's H_R H_Rᵀ is
+    gathered from it rather than multiplied out (n_u² · d operations saved per user)."""
+    h = codes.float()
+    d = h.shape[1]
+    resid = resid.float()
+    alpha = resid.new_zeros(indices.numel())
+    if len(lengths) == 0 or indices.numel() == 0:
+        return alpha
+    # The dual costs about n³/3 with the gram gathered, n²·d more without it; the primal
+    # n·d² + d³/3: the dual is the cheaper one below 2d ratings with the gram, below d without.
+    limit = 2 * d if item_gram is not None else d
+    if len(lengths) == 1:
+        return _fold_in_one(h, indices, resid, lam, indices.numel() < limit, item_gram)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    sizes = np.asarray(lengths, dtype=np.int64)
+    for dual, users in _fold_in_groups(sizes, limit):
+        if users.size == 1:
+            a, n = int(starts[users[0]]), int(sizes[users[0]])
+            alpha[a : a + n] = _fold_in_one(
+                h, indices[a : a + n], resid[a : a + n], lam, dual, item_gram
+            )
+            continue
         width = int(sizes[users].max())
         # (G, width) positions into the packed arrays; padding points at slot 0 and is masked.
         pos = starts[users, None] + np.arange(width)[None, :]
         valid = np.arange(width)[None, :] < sizes[users, None]
         pos_t = torch.from_numpy(np.where(valid, pos, 0)).to(indices.device)
         valid_t = torch.from_numpy(valid).to(h.device)
-        hr = h[indices[pos_t]] * valid_t.unsqueeze(2)  # (G, width, d), zero padding rows
+        cols = indices[pos_t]  # (G, width)
         y = (resid[pos_t] * valid_t).unsqueeze(2)  # (G, width, 1)
-        eye_n = torch.eye(width if dual else d, dtype=h.dtype, device=h.device)
+        if dual and item_gram is not None:
+            pair = valid_t.unsqueeze(2) & valid_t.unsqueeze(1)  # (G, width, width)
+            gram = item_gram[cols.unsqueeze(2), cols.unsqueeze(1)].float() * pair
+            gram.diagonal(dim1=1, dim2=2).add_(lam)
+            a_g = torch.cholesky_solve(y, torch.linalg.cholesky(gram))  # (G, width, 1)
+            alpha[torch.from_numpy(pos[valid]).to(alpha.device)] = a_g.squeeze(2)[valid_t]
+            continue
+        hr = h[cols] * valid_t.unsqueeze(2)  # (G, width, d), zero padding rows
         if dual:
-            if item_gram is not None:
-                cols = indices[pos_t]  # (G, width)
-                pair = valid_t.unsqueeze(2) & valid_t.unsqueeze(1)  # (G, width, width)
-                gram = item_gram[cols.unsqueeze(2), cols.unsqueeze(1)].float() * pair
-                gram = gram + lam * eye_n
-            else:
-                gram = hr @ hr.transpose(1, 2) + lam * eye_n  # (G, width, width)
-            alpha = torch.cholesky_solve(y, torch.linalg.cholesky(gram))  # (G, width, 1)
-            w = (hr.transpose(1, 2) @ alpha).squeeze(2)  # (G, d)
+            gram = hr @ hr.transpose(1, 2)  # (G, width, width)
+            gram.diagonal(dim1=1, dim2=2).add_(lam)
+            a_g = torch.cholesky_solve(y, torch.linalg.cholesky(gram))  # (G, width, 1)
         else:
-            gram = hr.transpose(1, 2) @ hr + lam * eye_n  # (G, d, d)
+            eye_d = torch.eye(d, dtype=h.dtype, device=h.device)
+            gram = hr.transpose(1, 2) @ hr + lam * eye_d  # (G, d, d)
             rhs = hr.transpose(1, 2) @ y  # (G, d, 1)
-            w = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram)).squeeze(2)
-        out[torch.from_numpy(users).to(h.device)] = w
-    return out
+            w = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram))  # (G, d, 1)
+            a_g = (y - hr @ w) / lam  # (G, width, 1), 0 on padding rows
+        alpha[torch.from_numpy(pos[valid]).to(alpha.device)] = a_g.squeeze(2)[valid_t]
+    return alpha
+
+
+def fold_in_codes(
+    codes: Tensor,
+    indices: Tensor,
+    resid: Tensor,
+    lengths: Sequence[int],
+    lam: float,
+    item_gram: Tensor | None = None,
+) -> Tensor:
+    """Each user's vector w_u = (H_Rᵀ H_R + λI)⁻¹ H_Rᵀ y_u on the codes H_R of the movies they
+    rated (``indices``, packed user after user, ``lengths`` per user) and their residuals y_u
+    (``resid``): (B, d) float32, a row of zeros for a user without ratings; w_u = H_Rᵀ α_u
+    from ``fold_in_duals`` (which says how each user is solved)."""
+    h = codes.float()
+    if len(lengths) == 0:
+        return h.new_zeros(0, h.shape[1])
+    alpha = fold_in_duals(codes, indices, resid, lengths, lam, item_gram)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    return F.embedding_bag(
+        indices,
+        h,
+        torch.from_numpy(offsets).to(indices.device),
+        mode="sum",
+        per_sample_weights=alpha,
+    )
+
+
+def _segment_sum(x: Tensor, seg: Tensor, n_b: int) -> Tensor:
+    """Per-user sums (B, ...) of packed entries ``x`` (N, ...) of users ``seg`` (N,)."""
+    if n_b == 1:
+        return x.sum(0, keepdim=True)
+    return x.new_zeros(n_b, *x.shape[1:]).index_add_(0, seg, x)
+
+
+def _weighted_segment_sum(x: Tensor, weights: Tensor, seg: Tensor, n_b: int) -> Tensor:
+    """Per-user sums (B, k) of packed rows ``x`` (N, k) times their ``weights`` (N,)."""
+    weights = weights.to(x.dtype)
+    if n_b == 1:
+        return (weights @ x).unsqueeze(0)
+    return x.new_zeros(n_b, x.shape[1]).index_add_(0, seg, x * weights.unsqueeze(1))
+
+
+def _per_entry(x: Tensor, seg: Tensor, n: int) -> Tensor:
+    """Per-user values ``x`` (B,) spread over the users' ``n`` packed entries (N,)."""
+    return x.expand(n) if x.numel() == 1 else x.index_select(0, seg)
 
 
 class Autoencoder(nn.Module):
@@ -662,7 +747,7 @@ class Autoencoder(nn.Module):
             self.item_code is not None
             and self.item_code_gain is not None
             and not self.training
-            and bool(self.item_code_gain != 0)
+            and self.item_code_gain.item() != 0
         )
 
     def _fold_in(self, indices: Tensor, resid: Tensor, lengths: Sequence[int]) -> Tensor:
@@ -681,15 +766,32 @@ class Autoencoder(nn.Module):
         """H Hᵀ (I × I, float32) of the current codes, computed once and cached (not part of
         the state: it is recomputed when the codes are replaced, moved or cast)."""
         assert self.item_code is not None
-        codes = self.item_code
-        key = (codes.data_ptr(), codes._version, codes.dtype, codes.device)
-        cached = getattr(self, "_gram_cache", None)
-        if cached is None or cached[0] != key:
+
+        def gram(codes: Tensor) -> Tensor:
             h = codes.detach().float()
             with torch.inference_mode(False), torch.no_grad():
-                gram = (h @ h.T).contiguous()
-            cached = (key, gram)
-            self._gram_cache = cached
+                return (h @ h.T).contiguous()
+
+        out: Tensor = self._derived("_gram_cache", self.item_code, gram)
+        return out
+
+    def _zero_diagonal(self, weights: Tensor) -> bool:
+        """Whether the square ``weights`` (a wide path) has an exactly zero diagonal, as the
+        closed-form solutions do: its diagonal terms then need no subtracting (cached)."""
+        name = "_zero_diag_wide" if weights is self.wide else "_zero_diag_wide_rating"
+        zero: bool = self._derived(
+            name, weights, lambda w: bool((torch.diagonal(w.detach()) == 0).all())
+        )
+        return zero
+
+    def _derived(self, name: str, source: Tensor, make: Any) -> Any:
+        """``make(source)``, cached under ``name`` until ``source`` is replaced, modified in
+        place, moved or cast (its storage, version counter, dtype and device are the key)."""
+        key = (source.data_ptr(), source._version, source.dtype, source.device)
+        cached = self.__dict__.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, make(source))
+            self.__dict__[name] = cached
         return cached[1]
 
     def tune_closed_form_paths(
@@ -931,24 +1033,55 @@ class Autoencoder(nn.Module):
     def rate_columns(self, users: SparseUsers, cols: Tensor) -> Tensor:
         """Predicted ratings (B, k) of the movie columns ``cols`` (B, k) only, equal to the
         matching entries of ``forward_sparse``'s ratings: each rating path (deep head, residual
-        ridge, item codes) is evaluated on the k columns instead of the whole catalogue."""
+        ridge, item codes) is evaluated on the k columns instead of the whole catalogue.
+
+        The residual ridge and the item codes are both sums over a user's rated movies r_j of
+        an I × I matrix's entries [r_j, c]: the ridge's weights times the residuals, and
+        H Hᵀ times the dual coefficients (``fold_in_duals``); both gather the same N × k
+        entries."""
         cols = cols.long()
+        n_b, k = cols.shape
+        flat = cols.reshape(-1)
         head = self.rating_head
-        h = users.hidden.to(head.weight.dtype)
-        pred = (head.weight[cols] * h.unsqueeze(1)).sum(2) + head.bias[cols]  # (B, k)
+        weight = head.weight
+        rows = weight.index_select(0, flat).view(n_b, k, -1)  # (B, k, h0)
+        h = users.hidden.to(weight.dtype).unsqueeze(2)  # (B, h0, 1)
+        pred = torch.bmm(rows, h).squeeze(2) + head.bias.index_select(0, flat).view(n_b, k)
         if users.user_bias is not None:
-            pred = pred + self.global_mean + self.item_bias[cols] + users.user_bias
-        if self.wide_rating is not None and self.wide_rating_gain is not None:
-            picked = self.wide_rating[users.indices.unsqueeze(1), cols[users.seg]]  # (N, k)
-            picked = picked.masked_fill(users.indices.unsqueeze(1) == cols[users.seg], 0.0)
-            ridge = torch.zeros_like(pred).index_add_(
-                0, users.seg, picked * users.resid.unsqueeze(1)
-            )
-            pred = pred + self.wide_rating_gain * ridge
-        if users.code_w is not None and self.item_code is not None:
-            assert self.item_code_gain is not None
-            codes = (self.item_code[cols].float() * users.code_w.unsqueeze(1)).sum(2)
-            pred = pred + self.item_code_gain * codes.to(pred.dtype)
+            item_bias = self.item_bias.index_select(0, flat).view(n_b, k)
+            pred = pred + self.global_mean + item_bias + users.user_bias
+        ridge, ridge_gain = self.wide_rating, self.wide_rating_gain
+        code_gain = self.item_code_gain
+        with_ridge = ridge is not None and ridge_gain is not None
+        with_codes = users.code_alpha is not None and code_gain is not None
+        if not (with_ridge or with_codes):
+            return pred.clamp(self.rating_min, self.rating_max)
+        # One user: the whole ridge row (its rated rows read in order) and the k gram rows of
+        # the columns read whole beat gathering N × k scattered entries; a batch gathers them.
+        rated, seg = users.indices, users.seg
+        at = None
+        if n_b > 1:
+            cols_n = cols.index_select(0, seg)  # (N, k) the columns of each entry's user
+            at = (rated * self.n_items).unsqueeze(1) + cols_n  # (N, k) flat [r_j, c]
+        if with_ridge:
+            assert ridge is not None and ridge_gain is not None
+            if at is None:
+                term = self._ridge_rows(users).index_select(1, flat)  # (1, k)
+            else:
+                picked = ridge.take(at)  # (N, k)
+                if not self._zero_diagonal(ridge):
+                    picked = picked.masked_fill(rated.unsqueeze(1) == cols_n, 0.0)
+                term = _weighted_segment_sum(picked, users.resid, seg, n_b)
+            pred = pred + ridge_gain * term
+        if with_codes:
+            assert users.code_alpha is not None and code_gain is not None
+            gram = self._item_code_gram()  # symmetric: [r, c] = [c, r] = h_r · h_c
+            if at is None:
+                picked = gram.index_select(0, flat).index_select(1, rated)  # (k, N)
+                codes = (picked @ users.code_alpha).unsqueeze(0)
+            else:
+                codes = _weighted_segment_sum(gram.take(at), users.code_alpha, seg, n_b)
+            pred = pred + code_gain * codes.to(pred.dtype)
         return pred.clamp(self.rating_min, self.rating_max)
 
     def rerank_terms(self, preds: Tensor) -> Tensor:
@@ -971,22 +1104,24 @@ class Autoencoder(nn.Module):
         score returned being that sum; any further positions follow in the score's order. A
         position with nothing allowed left has score −inf."""
         scores = self.rank_sparse(users).float().masked_fill(blocked, -torch.inf)  # (B, I)
+        cfg = self.config
         k = min(k, self.n_items)
-        n_cand = min(self.config.rerank_candidates, self.n_items)
-        if self.config.rerank_weight == 0 or k <= 0:
+        n_cand = min(cfg.rerank_candidates, self.n_items)
+        if cfg.rerank_weight == 0 or k <= 0:
             top = torch.topk(scores, k, dim=1)
             return top.indices, top.values, self.rate_columns(users, top.indices).float()
         top = torch.topk(scores, max(k, n_cand), dim=1)
         cand = top.indices[:, :n_cand]
         preds = self.rate_columns(users, cand).float()  # (B, K')
         combined = top.values[:, :n_cand] + self.rerank_terms(preds)
-        order = torch.sort(combined, dim=1, descending=True, stable=True).indices
-        cols = torch.cat([cand.gather(1, order), top.indices[:, n_cand:]], dim=1)[:, :k]
-        vals = torch.cat([combined.gather(1, order), top.values[:, n_cand:]], dim=1)[:, :k]
-        preds = preds.gather(1, order)
-        if k > n_cand:  # positions past the candidates: rated as well
-            preds = torch.cat([preds, self.rate_columns(users, top.indices[:, n_cand:]).float()], 1)
-        return cols, vals, preds[:, :k]
+        order = torch.sort(combined, dim=1, descending=True, stable=True).indices[:, :k]
+        cols, vals, preds = cand.gather(1, order), combined.gather(1, order), preds.gather(1, order)
+        if k > n_cand:  # positions past the candidates, in the score's order: rated as well
+            rest = top.indices[:, n_cand:]
+            cols = torch.cat([cols, rest], dim=1)
+            vals = torch.cat([vals, top.values[:, n_cand:]], dim=1)
+            preds = torch.cat([preds, self.rate_columns(users, rest).float()], dim=1)
+        return cols, vals, preds
 
     @torch.no_grad()
     def top_k_csr(self, rows: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1045,34 +1180,44 @@ class Autoencoder(nn.Module):
     def encode_sparse(self, indices: Tensor, values: Tensor, offsets: Tensor) -> SparseUsers:
         """Everything about B users of a packed sparse batch (see ``forward_sparse``) that the
         outputs read: the decoded hidden layer, the user offsets, the residuals, the EASE
-        scores and the item-code user vectors."""
+        scores and the item-code dual coefficients."""
+        cfg = self.config
         indices = indices.long()
         offsets = offsets.long()
-        n_b = offsets.numel()
+        n_b, n = offsets.numel(), indices.numel()
         values = values.to(self.input_bias.dtype)
-        lengths = torch.diff(offsets, append=offsets.new_tensor([indices.numel()]))  # (B,)
-        seg = torch.repeat_interleave(torch.arange(n_b, device=indices.device), lengths)  # (N,)
-        n = lengths.to(values.dtype).unsqueeze(1)  # (B, 1)
+        lengths = torch.diff(offsets, append=offsets.new_tensor([n]))  # (B,)
+        seg = torch.repeat_interleave(lengths) if n_b > 1 else indices.new_zeros(n)  # (N,)
+        count = lengths.to(values.dtype).unsqueeze(1)  # (B, 1)
         user_bias = None
-        if self.config.baseline:
-            dev = values - self.global_mean - self.item_bias[indices]  # (N,)
-            sums = torch.zeros(n_b, dtype=values.dtype, device=values.device).index_add_(
-                0, seg, dev
-            )
-            user_bias = sums.unsqueeze(1) / (n + self.config.user_bias_reg)  # (B, 1)
-            resid = dev - user_bias[seg, 0]  # (N,)
+        if cfg.baseline:
+            dev = values - self.global_mean - self.item_bias.index_select(0, indices)  # (N,)
+            sums = _segment_sum(dev, seg, n_b)  # (B,)
+            user_bias = sums.unsqueeze(1) / (count + cfg.user_bias_reg)  # (B, 1)
+            resid = dev - _per_entry(user_bias[:, 0], seg, n)  # (N,)
         else:
             resid = values
-        scale = n.clamp_min(1.0).rsqrt() if self.config.normalise else torch.ones_like(n)  # (B, 1)
-        h = self._first_layer_sparse(indices, offsets, n_b, resid * scale[seg, 0], scale[seg, 0])
+        scale = count.clamp_min(1.0).rsqrt() if cfg.normalise else torch.ones_like(count)
+        scale_n = _per_entry(scale[:, 0], seg, n)  # (N,)
+        h = self._first_layer_sparse(indices, offsets, n_b, resid * scale_n, scale_n)
         wide = None
-        if self.wide is not None:
-            wide = F.embedding_bag(indices, self.wide, offsets, mode="sum")  # (B, I)
-            diag = self.wide[indices, indices]  # (N,)
-            wide = wide.index_put((seg, indices), -diag, accumulate=True)
-        code_w = None
+        ease = self.wide
+        if ease is not None:
+            wide = F.embedding_bag(indices, ease, offsets, mode="sum")  # (B, I)
+            if not self._zero_diagonal(ease):
+                diag = torch.diagonal(ease).index_select(0, indices)  # (N,)
+                wide = wide.index_put((seg, indices), -diag, accumulate=True)
+        code_alpha = None
         if self._codes_active():
-            code_w = self._fold_in(indices, resid, lengths.tolist())  # (B, d)
+            assert self.item_code is not None
+            code_alpha = fold_in_duals(
+                self.item_code,
+                indices,
+                resid,
+                lengths.tolist() if n_b > 1 else [n],
+                cfg.item_code_lambda,
+                self._item_code_gram(),
+            )  # (N,)
         return SparseUsers(
             hidden=self._hidden(h),
             user_bias=user_bias,
@@ -1081,8 +1226,33 @@ class Autoencoder(nn.Module):
             offsets=offsets,
             seg=seg,
             wide=wide,
-            code_w=code_w,
+            code_alpha=code_alpha,
         )
+
+    def code_vectors(self, users: SparseUsers) -> Tensor | None:
+        """(B, d) item-code user vectors w_u = H_Rᵀ α_u of encoded users (None when that path
+        is off)."""
+        if users.code_alpha is None or self.item_code is None:
+            return None
+        return F.embedding_bag(
+            users.indices,
+            self.item_code.float(),
+            users.offsets,
+            mode="sum",
+            per_sample_weights=users.code_alpha,
+        )
+
+    def _ridge_rows(self, users: SparseUsers) -> Tensor:
+        """(B, I) residual-ridge term of encoded users before its gain: their residuals times
+        the rows of their rated movies, zero diagonal."""
+        ridge = self.wide_rating
+        assert ridge is not None
+        rated, resid = users.indices, users.resid
+        rows = F.embedding_bag(rated, ridge, users.offsets, mode="sum", per_sample_weights=resid)
+        if not self._zero_diagonal(ridge):
+            diag = torch.diagonal(ridge).index_select(0, rated) * resid  # (N,)
+            rows = rows.index_put((users.seg, rated), -diag, accumulate=True)
+        return rows
 
     def _full_ratings(self, users: SparseUsers) -> Tensor:
         """(B, I) unclamped predicted ratings of encoded users over the whole catalogue."""
@@ -1090,19 +1260,11 @@ class Autoencoder(nn.Module):
         if users.user_bias is not None:
             pred = pred + (self.global_mean + self.item_bias + users.user_bias)
         if self.wide_rating is not None and self.wide_rating_gain is not None:
-            wide_r = F.embedding_bag(
-                users.indices,
-                self.wide_rating,
-                users.offsets,
-                mode="sum",
-                per_sample_weights=users.resid,
-            )  # (B, I)
-            diag = self.wide_rating[users.indices, users.indices] * users.resid  # (N,)
-            wide_r = wide_r.index_put((users.seg, users.indices), -diag, accumulate=True)
-            pred = pred + self.wide_rating_gain * wide_r
-        if users.code_w is not None and self.item_code is not None:
+            pred = pred + self.wide_rating_gain * self._ridge_rows(users)
+        code_w = self.code_vectors(users)
+        if code_w is not None and self.item_code is not None:
             assert self.item_code_gain is not None
-            codes = users.code_w @ self.item_code.float().T  # (B, I)
+            codes = code_w @ self.item_code.float().T  # (B, I)
             pred = pred + self.item_code_gain * codes.to(pred.dtype)
         return pred
 
@@ -1169,15 +1331,19 @@ class Autoencoder(nn.Module):
     def _scores(self, h: Tensor, wide: Tensor | None, training_logits: bool) -> Tensor:
         """Ranking scores (B, I) from the decoded layer and the EASE scores (if any)."""
         assert self.ranking_head is not None
+        cfg = self.config
+        ensemble = cfg.wide_mode == "ensemble" and not training_logits
+        if wide is not None and ensemble and cfg.wide_mix == 0:
+            return wide  # EASE alone: 0 · the deep head's (finite) log-probabilities adds 0
         scores = self.ranking_head(h)  # (B, I)
         if wide is None:
             return scores
-        if self.config.wide_mode == "sum":
+        if cfg.wide_mode == "sum":
             assert self.wide_gain is not None
             return scores + self.wide_gain * wide
         if training_logits:
             return scores  # the deep head learns on its own
-        return wide + self.config.wide_mix * F.log_softmax(scores, dim=1)
+        return wide + cfg.wide_mix * F.log_softmax(scores, dim=1)
 
     # -------------------------------------------------------------------- objective
     def loss(self, ratings: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
