@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,11 +10,18 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 from ml.checkpoint import save
 from ml.data import split_ratings
 from ml.inference import Recommender
-from ml.model import Autoencoder, ModelConfig, fold_in_codes, train_item_codes
+from ml.model import (
+    Autoencoder,
+    ModelConfig,
+    fold_in_codes,
+    fold_in_duals,
+    train_item_codes,
+)
 from tests.ml.test_data import random_matrix
 
 SMALL = ModelConfig(hidden=(8,), item_codes=6, item_code_lambda=2.0, item_code_epochs=5)
@@ -60,6 +68,47 @@ def test_fold_in_equals_the_direct_ridge_solution_in_both_forms() -> None:
         np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("with_gram", [False, True])
+def test_fold_in_of_one_user_alone_equals_the_batched_solve(with_gram: bool) -> None:
+    rng = np.random.default_rng(1)
+    n_items, d, lam = 40, 8, 0.7
+    codes = torch.from_numpy(rng.random((n_items, d)).astype(np.float32))
+    gram = (codes @ codes.T).contiguous() if with_gram else None
+    # 0 and 1 ratings and a few (one padded dual group); 2d − 1 (with the gram: dual, a group
+    # of its own; without: primal); 2d and more (a padded primal group), 40 (a group of its own)
+    rated = [
+        [],
+        [3],
+        [0, 7, 9],
+        [5, 6],
+        [11, 12, 13],
+        list(range(1, 2 * d)),
+        list(range(0, 2 * d)),
+        list(range(0, 40, 2)),
+        list(range(40)),
+    ]
+    resid = [rng.normal(size=len(r)).astype(np.float32) for r in rated]
+    indices = torch.from_numpy(np.concatenate(rated).astype(np.int64))
+    values = torch.from_numpy(np.concatenate(resid))
+    lengths = [len(r) for r in rated]
+    alpha = fold_in_duals(codes, indices, values, lengths, lam, gram)
+    vectors = fold_in_codes(codes, indices, values, lengths, lam, gram)
+    start = 0
+    for u, (cols, y) in enumerate(zip(rated, resid, strict=True)):
+        part = slice(start, start + len(cols))
+        start += len(cols)
+        idx = torch.tensor(cols, dtype=torch.int64)
+        alone = fold_in_duals(codes, idx, torch.from_numpy(y), [len(cols)], lam, gram)
+        torch.testing.assert_close(alone, alpha[part], rtol=1e-4, atol=1e-5)
+        w = fold_in_codes(codes, idx, torch.from_numpy(y), [len(cols)], lam, gram)[0]
+        torch.testing.assert_close(w, vectors[u], rtol=1e-4, atol=1e-5)
+        h = codes.numpy()[cols].astype(np.float64)  # (n_u, d)
+        want = np.linalg.solve(h.T @ h + lam * np.eye(d), h.T @ y) if cols else np.zeros(d)
+        np.testing.assert_allclose(w.numpy(), want, rtol=1e-4, atol=1e-5)
+        # The dual coefficients give the vector: w = H_Rᵀ α (the primal ones included).
+        np.testing.assert_allclose(h.T @ alone.double().numpy(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_item_autoencoder_codes_are_deterministic_sigmoid_codes() -> None:
     m = random_matrix(40, 30)
     torch.manual_seed(3)
@@ -101,6 +150,59 @@ def test_dense_sparse_and_top_k_only_ratings_agree() -> None:
     torch.testing.assert_close(some, pred.gather(1, cols), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("zero_diagonal", [False, True])
+def test_one_user_alone_and_in_a_batch_rated_as_the_dense_pass(zero_diagonal: bool) -> None:
+    """``rate_columns`` of a user encoded alone (the one-user paths of the fold-in and of the
+    ridge and item-code terms) and in a batch equals the dense forward pass, with the wide
+    paths' diagonals exactly zero (skipped) or not (subtracted)."""
+    m = random_matrix(40, 30)
+    model = with_codes(m)  # its wide paths' diagonals are perturbed away from 0
+    assert model.wide is not None and model.wide_rating is not None
+    if zero_diagonal:
+        with torch.no_grad():
+            model.wide.fill_diagonal_(0.0)
+            model.wide_rating.fill_diagonal_(0.0)
+    assert model._zero_diagonal(model.wide_rating) is zero_diagonal
+    assert model._zero_diagonal(model.wide) is zero_diagonal
+    rows = sp.csr_matrix(sp.vstack([m[:5], sp.csr_matrix((1, 30), dtype=np.float32)]))
+    ratings = torch.from_numpy(rows.toarray())
+    every = torch.arange(30).expand(rows.shape[0], -1)  # every column, rated ones included
+    with torch.no_grad():
+        dense_pred, dense_scores = model(ratings, ratings > 0)
+        batch = model.rate_columns(model.encode_sparse(*packed(rows)), every)
+        torch.testing.assert_close(batch, dense_pred, rtol=1e-5, atol=1e-5)
+        for b in range(rows.shape[0]):
+            one = rows[b]
+            users = model.encode_sparse(*packed(one))
+            alone = model.rate_columns(users, every[b : b + 1])
+            torch.testing.assert_close(alone[0], dense_pred[b], rtol=1e-5, atol=1e-5)
+            some = torch.tensor([[b, 29, 3, b]])  # a column twice as well
+            picked = model.rate_columns(users, some)[0]
+            torch.testing.assert_close(picked, dense_pred[b, some[0]], rtol=1e-5, atol=1e-5)
+            pred, scores = model.forward_sparse(*packed(one))
+            torch.testing.assert_close(pred[0], dense_pred[b], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(scores[0], dense_scores[b], rtol=1e-5, atol=1e-5)
+
+
+def test_ease_alone_skips_the_deep_head_with_the_same_scores() -> None:
+    """With ``wide_mix`` 0 the served scores are the EASE scores, exactly what adding 0 times
+    the deep head's log-probabilities gives; a non-zero mix still reads the deep head."""
+    m = random_matrix(40, 30)
+    model = with_codes(m, dataclasses.replace(SMALL, wide_mix=0.0))
+    assert model.ranking_head is not None
+    ratings = torch.from_numpy(m.toarray())
+    with torch.no_grad():
+        users = model.encode_sparse(*packed(m))
+        deep = F.log_softmax(model.ranking_head(users.hidden), dim=1)
+        assert users.wide is not None
+        assert torch.equal(model.rank_sparse(users), users.wide + 0.0 * deep)
+        _, dense_scores = model(ratings, ratings > 0)
+        torch.testing.assert_close(dense_scores, users.wide, rtol=1e-5, atol=1e-5)
+        model.config.wide_mix = 0.05
+        mixed = model.rank_sparse(users)
+    torch.testing.assert_close(mixed, users.wide + 0.05 * deep)
+
+
 def test_recommender_top_k_rows_rates_only_returned_columns_as_the_full_pass(
     tmp_path: Path,
 ) -> None:
@@ -118,6 +220,11 @@ def test_recommender_top_k_rows_rates_only_returned_columns_as_the_full_pass(
         np.testing.assert_allclose(preds, full_pred[cols], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(scores, full_scores[cols], rtol=1e-6)
     assert len(got[1][0]) == 29
+    for b, row in enumerate(rows):  # one user alone: the one-user paths, the same answer
+        ids, scores, preds = rec.top_k_rows([row], [[5, 30, 3][b]], [everything])[0]
+        np.testing.assert_array_equal(ids, got[b][0])
+        np.testing.assert_allclose(scores, got[b][1], rtol=1e-6)
+        np.testing.assert_allclose(preds, got[b][2], rtol=1e-6, atol=1e-6)
 
 
 def test_checkpoint_round_trip_keeps_the_path_and_old_checkpoints_still_load(
