@@ -94,7 +94,11 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     app.state.batcher = MicroBatcher(
         observe=metrics.batch_size.observe, threaded=settings.scoring_thread
     )
-    app.state.memo = ResultMemo(settings.result_memo_size)
+    memo_hit = metrics.memo_lookups.labels("hit").inc
+    memo_miss = metrics.memo_lookups.labels("miss").inc
+    app.state.memo = ResultMemo(
+        settings.result_memo_size, on_lookup=lambda hit: memo_hit() if hit else memo_miss()
+    )
     app.state.holder = ModelHolder(engine, device=settings.device, metrics=metrics, loader=loader)
     problems.install(app)
     for module in (health, movies, users, recommendations, admin):

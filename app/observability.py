@@ -73,6 +73,18 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.memo_lookups = Counter(
+            "movierec_result_memo_lookups_total",
+            "Lookups of stored users' recommendation answers in the result memo, by result "
+            "(hit, miss).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.memo_entries = Gauge(
+            "movierec_result_memo_entries",
+            "Answers held in this process's result memo (refreshed when metrics are scraped).",
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "movierec_forward_batch_size",
             "Recommendation requests scored together in one forward pass.",

@@ -161,12 +161,16 @@ class ResultMemo:
     stale answer is never served. On the event loop's thread only (no locking).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, on_lookup: Callable[[bool], None] | None = None) -> None:
         self.size = size
         self._state: ServingState | None = None
         self._answers: OrderedDict[Hashable, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self._on_lookup = on_lookup  # told True for a hit, False for a miss (metrics)
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
     def get(self, state: ServingState, key: Hashable) -> Any | None:
         if state is not self._state:
@@ -175,9 +179,11 @@ class ResultMemo:
         answer = self._answers.get(key)
         if answer is None:
             self.misses += 1
-            return None
-        self._answers.move_to_end(key)
-        self.hits += 1
+        else:
+            self._answers.move_to_end(key)
+            self.hits += 1
+        if self._on_lookup is not None:
+            self._on_lookup(answer is not None)
         return answer
 
     def put(self, state: ServingState, key: Hashable, answer: Any) -> None:

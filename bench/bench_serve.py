@@ -20,7 +20,10 @@ Results go to ``<dir>/serve-results.json`` and a Markdown table on stdout.
 ``git archive REV | tar -x -C DIR``), one after the other against the same store and model, so
 that the effect of each change is measured side by side in one run on the same machine state.
 ``--configs LABEL:VAR=VALUE+VAR=VALUE,...`` does the same for server settings (environment
-variables), e.g. ``memo:MOVIEREC_RESULT_MEMO_SIZE=4096``; ``--workers N`` starts N uvicorn
+variables); the default, ``computed:MOVIEREC_RESULT_MEMO_SIZE=0,default:``, measures every
+answer computed (the result memo off) and the default server, whose memo answers the requests
+for users asked before (the Lua script draws from every user, so after a warm-up most are
+repeats when the memo holds them all); ``--workers N`` starts N uvicorn
 worker processes (the ping endpoint gets the same server). ``--rounds R`` repeats every
 (tree, configuration) R times, interleaved, and keeps every run.
 
@@ -395,10 +398,15 @@ def markdown(scenarios: list[Scenario], duration: int, connections: int) -> str:
     return "\n".join(rows)
 
 
+DEFAULT_CONFIGS = "computed:MOVIEREC_RESULT_MEMO_SIZE=0,default:"
+
+
 def parse_configs(value: str | None) -> list[tuple[str, dict[str, str]]]:
-    """``"memo:MOVIEREC_RESULT_MEMO_SIZE=4096+X=1,plain:"`` → labelled environments."""
+    """``"memo:MOVIEREC_RESULT_MEMO_SIZE=4096+X=1,plain:"`` → labelled environments; by default
+    (``DEFAULT_CONFIGS``) the server with its result memo off — every answer computed — and
+    with its default settings, where the memo answers repeated requests."""
     if not value:
-        return [("", {})]
+        value = DEFAULT_CONFIGS
     configs: list[tuple[str, dict[str, str]]] = []
     for part in value.split(","):
         label, sep, assignments = part.partition(":")

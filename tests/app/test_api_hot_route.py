@@ -179,8 +179,21 @@ def test_the_memo_is_bounded_and_keyed_on_the_parameters(memo_client: TestClient
     assert (memo.misses, memo.hits) == (4, 1)
 
 
-def test_no_memo_by_default(client: TestClient) -> None:
-    client.get("/v1/users/2/recommendations")
-    client.get("/v1/users/2/recommendations")
+def test_the_memo_is_on_by_default_and_counted_in_the_metrics(client: TestClient) -> None:
+    first = client.get("/v1/users/2/recommendations").json()
+    assert client.get("/v1/users/2/recommendations").json() == first
     memo = client.app.state.memo  # type: ignore[attr-defined]
-    assert memo.size == 0 and (memo.misses, memo.hits) == (0, 0)
+    assert memo.size > 0 and (memo.misses, memo.hits) == (1, 1) and len(memo) == 1
+    text_ = client.get("/metrics").text
+    assert 'movierec_result_memo_lookups_total{result="hit"} 1.0' in text_
+    assert 'movierec_result_memo_lookups_total{result="miss"} 1.0' in text_
+    assert "movierec_result_memo_entries 1.0" in text_
+
+
+def test_a_memo_of_size_zero_is_off(served: Any, tmp_path: Path) -> None:
+    settings = app_settings(served.url, tmp_path, result_memo_size=0)
+    with TestClient(create_app(settings)) as client:
+        first = client.get("/v1/users/2/recommendations").json()
+        assert client.get("/v1/users/2/recommendations").json() == first
+        memo = client.app.state.memo  # type: ignore[attr-defined]
+        assert (memo.misses, memo.hits, len(memo)) == (0, 0, 0)

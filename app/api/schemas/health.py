@@ -14,7 +14,9 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(description="`ready`, or `not ready` when a part failed.")
     database: dict[str, Any] = Field(description="`ok` and the error when it is not.")
-    model: dict[str, Any] = Field(description="Loaded version, the device it runs on and the last load failure.")
+    model: dict[str, Any] = Field(
+        description="Loaded version, the device it runs on and the last load failure."
+    )
 
 
 class Ping(BaseModel):
