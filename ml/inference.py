@@ -220,10 +220,14 @@ class Recommender:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
         """Columns (N,), values (N,) and offsets (B,) of B encoded users on the device, and
         the users' lengths (B,)."""
-        lengths = np.fromiter((len(c) for c, _ in rows), dtype=np.int64, count=len(rows))
-        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        cols = np.concatenate([c for c, _ in rows]) if rows else np.empty(0, np.int64)
-        vals = np.concatenate([v for _, v in rows]) if rows else np.empty(0, np.float32)
+        if len(rows) == 1:
+            cols, vals = rows[0]
+            lengths, offsets = np.array([len(cols)]), np.zeros(1, dtype=np.int64)
+        else:
+            lengths = np.fromiter((len(c) for c, _ in rows), dtype=np.int64, count=len(rows))
+            offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+            cols = np.concatenate([c for c, _ in rows]) if rows else np.empty(0, np.int64)
+            vals = np.concatenate([v for _, v in rows]) if rows else np.empty(0, np.float32)
         dev = self.device
         return (
             torch.from_numpy(cols.astype(np.int64, copy=False)).to(dev),

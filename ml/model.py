@@ -409,6 +409,9 @@ class SparseUsers:
     wide: Tensor | None  # (B, I) EASE scores, zero diagonal (None without that path)
     code_alpha: Tensor | None  # (N,) item-code dual coefficients, packed like ``indices``
     # (``fold_in_duals``; None when that path is off)
+    code_rows: Tensor | None = None  # (N, I) rows of H Hᵀ of the rated movies, kept from a
+    # one-user fold-in in the dual form (``fold_in_user``): the item-code term of movie c is
+    # code_alpha · code_rows[:, c]
 
 
 def train_item_codes(train: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
@@ -475,22 +478,47 @@ def _fold_in_groups(sizes: np.ndarray, limit: int) -> list[tuple[bool, np.ndarra
 
 def _fold_in_one(
     h: Tensor, cols: Tensor, y: Tensor, lam: float, dual: bool, item_gram: Tensor | None
-) -> Tensor:
+) -> tuple[Tensor, Tensor | None]:
     """``fold_in_duals`` of one user who rated ``cols`` (n,) with residuals ``y`` (n,): α (n,),
-    unpadded (the gram block gathered row block first, then columns)."""
+    unpadded, and the rows of ``item_gram`` at ``cols`` (n, I) when the dual form gathered
+    them (the gram block: that row block, then its columns), else None."""
     if dual:
+        rows = None
         if item_gram is not None:
-            gram = item_gram.index_select(0, cols).index_select(1, cols).float()  # (n, n)
+            rows = item_gram.index_select(0, cols).float()  # (n, I)
+            gram = rows.index_select(1, cols)  # (n, n)
         else:
             hr = h.index_select(0, cols)  # (n, d)
             gram = hr @ hr.T
         gram.diagonal().add_(lam)
-        return torch.cholesky_solve(y.unsqueeze(1), torch.linalg.cholesky(gram)).squeeze(1)
+        alpha = torch.cholesky_solve(y.unsqueeze(1), torch.linalg.cholesky(gram)).squeeze(1)
+        return alpha, rows
     hr = h.index_select(0, cols)  # (n, d)
     gram = hr.T @ hr  # (d, d)
     gram.diagonal().add_(lam)
     w = torch.cholesky_solve((hr.T @ y).unsqueeze(1), torch.linalg.cholesky(gram))  # (d, 1)
-    return (y - (hr @ w).squeeze(1)) / lam
+    return (y - (hr @ w).squeeze(1)) / lam, None
+
+
+def fold_in_user(
+    codes: Tensor, cols: Tensor, resid: Tensor, lam: float, item_gram: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """``fold_in_duals`` of one user who rated ``cols`` (n,) with residuals ``resid``: α (n,)
+    float32, and with ``item_gram`` in the dual form also the rows of H Hᵀ of the rated
+    movies (n, I) it gathered, from which the item-code term of any movie c is α · rows[:, c]
+    without reading H Hᵀ again (else None)."""
+    h = codes.float()
+    if cols.numel() == 0:
+        return h.new_zeros(0), None
+    dual = cols.numel() < _dual_limit(h.shape[1], item_gram)
+    return _fold_in_one(h, cols, resid.float(), lam, dual, item_gram)
+
+
+def _dual_limit(d: int, item_gram: Tensor | None) -> int:
+    """Fewer ratings than this are folded in the dual form. The dual costs about n³/3 with the
+    gram gathered, n²·d more without it; the primal n·d² + d³/3: the dual is the cheaper one
+    below 2d ratings with the gram, below d without."""
+    return 2 * d if item_gram is not None else d
 
 
 def fold_in_duals(
@@ -521,11 +549,9 @@ def fold_in_duals(
     alpha = resid.new_zeros(indices.numel())
     if len(lengths) == 0 or indices.numel() == 0:
         return alpha
-    # The dual costs about n³/3 with the gram gathered, n²·d more without it; the primal
-    # n·d² + d³/3: the dual is the cheaper one below 2d ratings with the gram, below d without.
-    limit = 2 * d if item_gram is not None else d
     if len(lengths) == 1:
-        return _fold_in_one(h, indices, resid, lam, indices.numel() < limit, item_gram)
+        return fold_in_user(codes, indices, resid, lam, item_gram)[0]
+    limit = _dual_limit(d, item_gram)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
     sizes = np.asarray(lengths, dtype=np.int64)
     for dual, users in _fold_in_groups(sizes, limit):
@@ -533,7 +559,7 @@ def fold_in_duals(
             a, n = int(starts[users[0]]), int(sizes[users[0]])
             alpha[a : a + n] = _fold_in_one(
                 h, indices[a : a + n], resid[a : a + n], lam, dual, item_gram
-            )
+            )[0]
             continue
         width = int(sizes[users].max())
         # (G, width) positions into the packed arrays; padding points at slot 0 and is masked.
@@ -775,6 +801,24 @@ class Autoencoder(nn.Module):
         out: Tensor = self._derived("_gram_cache", self.item_code, gram)
         return out
 
+    def _column_base(self) -> Tensor:
+        """(I,) what every user's predicted rating of a movie adds to the rating head's
+        product: its bias, with the baseline the global mean and the movie's bias (cached)."""
+        bias = self.rating_head.bias
+        if not self.config.baseline:
+            return bias
+        if torch.is_grad_enabled():
+            return bias + self.global_mean + self.item_bias
+
+        def total(_: Any) -> Tensor:
+            with torch.inference_mode(False), torch.no_grad():
+                return bias + self.global_mean + self.item_bias
+
+        base: Tensor = self._derived(
+            "_column_base_cache", (bias, self.item_bias, self.global_mean), total
+        )
+        return base
+
     def _zero_diagonal(self, weights: Tensor) -> bool:
         """Whether the square ``weights`` (a wide path) has an exactly zero diagonal, as the
         closed-form solutions do: its diagonal terms then need no subtracting (cached)."""
@@ -784,10 +828,12 @@ class Autoencoder(nn.Module):
         )
         return zero
 
-    def _derived(self, name: str, source: Tensor, make: Any) -> Any:
-        """``make(source)``, cached under ``name`` until ``source`` is replaced, modified in
-        place, moved or cast (its storage, version counter, dtype and device are the key)."""
-        key = (source.data_ptr(), source._version, source.dtype, source.device)
+    def _derived(self, name: str, source: Tensor | tuple[Tensor, ...], make: Any) -> Any:
+        """``make(source)``, cached under ``name`` until a ``source`` tensor is replaced,
+        modified in place, moved or cast (storage, version counter, dtype and device: the
+        key). Not part of the state."""
+        sources = source if isinstance(source, tuple) else (source,)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
         cached = self.__dict__.get(name)
         if cached is None or cached[0] != key:
             cached = (key, make(source))
@@ -1042,14 +1088,13 @@ class Autoencoder(nn.Module):
         cols = cols.long()
         n_b, k = cols.shape
         flat = cols.reshape(-1)
-        head = self.rating_head
-        weight = head.weight
+        weight = self.rating_head.weight
         rows = weight.index_select(0, flat).view(n_b, k, -1)  # (B, k, h0)
         h = users.hidden.to(weight.dtype).unsqueeze(2)  # (B, h0, 1)
-        pred = torch.bmm(rows, h).squeeze(2) + head.bias.index_select(0, flat).view(n_b, k)
+        base = self._column_base().index_select(0, flat).view(n_b, k, 1)
+        pred = torch.baddbmm(base, rows, h).squeeze(2)  # (B, k)
         if users.user_bias is not None:
-            item_bias = self.item_bias.index_select(0, flat).view(n_b, k)
-            pred = pred + self.global_mean + item_bias + users.user_bias
+            pred = pred + users.user_bias
         ridge, ridge_gain = self.wide_rating, self.wide_rating_gain
         code_gain = self.item_code_gain
         with_ridge = ridge is not None and ridge_gain is not None
@@ -1076,7 +1121,9 @@ class Autoencoder(nn.Module):
         if with_codes:
             assert users.code_alpha is not None and code_gain is not None
             gram = self._item_code_gram()  # symmetric: [r, c] = [c, r] = h_r · h_c
-            if at is None:
+            if users.code_rows is not None:  # one user: the rows the fold-in read
+                codes = (users.code_alpha @ users.code_rows.index_select(1, flat)).unsqueeze(0)
+            elif at is None:
                 picked = gram.index_select(0, flat).index_select(1, rated)  # (k, N)
                 codes = (picked @ users.code_alpha).unsqueeze(0)
             else:
@@ -1186,9 +1233,13 @@ class Autoencoder(nn.Module):
         offsets = offsets.long()
         n_b, n = offsets.numel(), indices.numel()
         values = values.to(self.input_bias.dtype)
-        lengths = torch.diff(offsets, append=offsets.new_tensor([n]))  # (B,)
-        seg = torch.repeat_interleave(lengths) if n_b > 1 else indices.new_zeros(n)  # (N,)
-        count = lengths.to(values.dtype).unsqueeze(1)  # (B, 1)
+        if n_b == 1:
+            lengths, seg = offsets.new_full((1,), n), indices.new_zeros(n)
+            count = values.new_full((1, 1), n)  # (B, 1)
+        else:
+            lengths = torch.diff(offsets, append=offsets.new_tensor([n]))  # (B,)
+            seg = torch.repeat_interleave(lengths)  # (N,)
+            count = lengths.to(values.dtype).unsqueeze(1)
         user_bias = None
         if cfg.baseline:
             dev = values - self.global_mean - self.item_bias.index_select(0, indices)  # (N,)
@@ -1207,17 +1258,14 @@ class Autoencoder(nn.Module):
             if not self._zero_diagonal(ease):
                 diag = torch.diagonal(ease).index_select(0, indices)  # (N,)
                 wide = wide.index_put((seg, indices), -diag, accumulate=True)
-        code_alpha = None
+        code_alpha = code_rows = None
         if self._codes_active():
             assert self.item_code is not None
-            code_alpha = fold_in_duals(
-                self.item_code,
-                indices,
-                resid,
-                lengths.tolist() if n_b > 1 else [n],
-                cfg.item_code_lambda,
-                self._item_code_gram(),
-            )  # (N,)
+            codes, lam, gram = self.item_code, cfg.item_code_lambda, self._item_code_gram()
+            if n_b == 1:
+                code_alpha, code_rows = fold_in_user(codes, indices, resid, lam, gram)
+            else:
+                code_alpha = fold_in_duals(codes, indices, resid, lengths.tolist(), lam, gram)
         return SparseUsers(
             hidden=self._hidden(h),
             user_bias=user_bias,
@@ -1227,6 +1275,7 @@ class Autoencoder(nn.Module):
             seg=seg,
             wide=wide,
             code_alpha=code_alpha,
+            code_rows=code_rows,
         )
 
     def code_vectors(self, users: SparseUsers) -> Tensor | None:

@@ -164,7 +164,11 @@ def test_one_user_alone_and_in_a_batch_rated_as_the_dense_pass(zero_diagonal: bo
             model.wide_rating.fill_diagonal_(0.0)
     assert model._zero_diagonal(model.wide_rating) is zero_diagonal
     assert model._zero_diagonal(model.wide) is zero_diagonal
-    rows = sp.csr_matrix(sp.vstack([m[:5], sp.csr_matrix((1, 30), dtype=np.float32)]))
+    heavy = np.zeros((1, 30), dtype=np.float32)
+    heavy[0, ::2] = np.arange(15) % 5 + 1.0  # over 2d ratings: the primal form
+    empty = np.zeros((1, 30), dtype=np.float32)
+    rows = sp.csr_matrix(np.vstack([m[:5].toarray(), heavy, empty]))
+    assert model.item_code is not None and 2 * model.item_code.shape[1] <= 15
     ratings = torch.from_numpy(rows.toarray())
     every = torch.arange(30).expand(rows.shape[0], -1)  # every column, rated ones included
     with torch.no_grad():
