@@ -617,24 +617,10 @@ def fold_in_codes(
     )
 
 
-def _segment_sum(x: Tensor, seg: Tensor, n_b: int) -> Tensor:
-    """Per-user sums (B, ...) of packed entries ``x`` (N, ...) of users ``seg`` (N,)."""
-    if n_b == 1:
-        return x.sum(0, keepdim=True)
-    return x.new_zeros(n_b, *x.shape[1:]).index_add_(0, seg, x)
-
-
 def _weighted_segment_sum(x: Tensor, weights: Tensor, seg: Tensor, n_b: int) -> Tensor:
     """Per-user sums (B, k) of packed rows ``x`` (N, k) times their ``weights`` (N,)."""
-    weights = weights.to(x.dtype)
-    if n_b == 1:
-        return (weights @ x).unsqueeze(0)
-    return x.new_zeros(n_b, x.shape[1]).index_add_(0, seg, x * weights.unsqueeze(1))
-
-
-def _per_entry(x: Tensor, seg: Tensor, n: int) -> Tensor:
-    """Per-user values ``x`` (B,) spread over the users' ``n`` packed entries (N,)."""
-    return x.expand(n) if x.numel() == 1 else x.index_select(0, seg)
+    weighted = x * weights.to(x.dtype).unsqueeze(1)
+    return x.new_zeros(n_b, x.shape[1]).index_add_(0, seg, weighted)
 
 
 class Autoencoder(nn.Module):
@@ -1233,23 +1219,21 @@ class Autoencoder(nn.Module):
         offsets = offsets.long()
         n_b, n = offsets.numel(), indices.numel()
         values = values.to(self.input_bias.dtype)
-        if n_b == 1:
-            lengths, seg = offsets.new_full((1,), n), indices.new_zeros(n)
-            count = values.new_full((1, 1), n)  # (B, 1)
+        codes_on = self._codes_active()
+        if n_b == 1:  # one user: the counts are Python numbers, fewer small tensor ops
+            seg = indices.new_zeros(n)  # (N,)
+            lengths = [n]
+            user_bias, resid = self._residuals(indices, values, seg, n_b, float(n))
+            scale = np.float32(1.0) / np.sqrt(np.float32(max(n, 1))) if cfg.normalise else 1.0
+            scale_n = values.new_full((n,), float(scale))  # (N,) the float32 1/sqrt(n)
         else:
-            lengths = torch.diff(offsets, append=offsets.new_tensor([n]))  # (B,)
-            seg = torch.repeat_interleave(lengths)  # (N,)
-            count = lengths.to(values.dtype).unsqueeze(1)
-        user_bias = None
-        if cfg.baseline:
-            dev = values - self.global_mean - self.item_bias.index_select(0, indices)  # (N,)
-            sums = _segment_sum(dev, seg, n_b)  # (B,)
-            user_bias = sums.unsqueeze(1) / (count + cfg.user_bias_reg)  # (B, 1)
-            resid = dev - _per_entry(user_bias[:, 0], seg, n)  # (N,)
-        else:
-            resid = values
-        scale = count.clamp_min(1.0).rsqrt() if cfg.normalise else torch.ones_like(count)
-        scale_n = _per_entry(scale[:, 0], seg, n)  # (N,)
+            counts = torch.diff(offsets, append=offsets.new_tensor([n]))  # (B,)
+            seg = torch.repeat_interleave(counts)  # (N,)
+            lengths = counts.tolist() if codes_on else []
+            count = counts.to(values.dtype).unsqueeze(1)  # (B, 1)
+            user_bias, resid = self._residuals(indices, values, seg, n_b, count)
+            scale = count.clamp_min(1.0).rsqrt() if cfg.normalise else torch.ones_like(count)
+            scale_n = scale[:, 0].index_select(0, seg)  # (N,)
         h = self._first_layer_sparse(indices, offsets, n_b, resid * scale_n, scale_n)
         wide = None
         ease = self.wide
@@ -1259,13 +1243,13 @@ class Autoencoder(nn.Module):
                 diag = torch.diagonal(ease).index_select(0, indices)  # (N,)
                 wide = wide.index_put((seg, indices), -diag, accumulate=True)
         code_alpha = code_rows = None
-        if self._codes_active():
+        if codes_on:
             assert self.item_code is not None
             codes, lam, gram = self.item_code, cfg.item_code_lambda, self._item_code_gram()
             if n_b == 1:
                 code_alpha, code_rows = fold_in_user(codes, indices, resid, lam, gram)
             else:
-                code_alpha = fold_in_duals(codes, indices, resid, lengths.tolist(), lam, gram)
+                code_alpha = fold_in_duals(codes, indices, resid, lengths, lam, gram)
         return SparseUsers(
             hidden=self._hidden(h),
             user_bias=user_bias,
@@ -1277,6 +1261,21 @@ class Autoencoder(nn.Module):
             code_alpha=code_alpha,
             code_rows=code_rows,
         )
+
+    def _residuals(
+        self, indices: Tensor, values: Tensor, seg: Tensor, n_b: int, count: Tensor | float
+    ) -> tuple[Tensor | None, Tensor]:
+        """User offsets (B, 1) (None without the baseline) and residuals (N,) of packed
+        ratings; ``count``: the users' numbers of ratings (B, 1), or one user's as a number."""
+        if not self.config.baseline:
+            return None, values
+        dev = values - self.global_mean - self.item_bias.index_select(0, indices)  # (N,)
+        if n_b == 1:
+            user_bias = dev.sum().view(1, 1) / (count + self.config.user_bias_reg)
+            return user_bias, dev - user_bias.view(1)
+        sums = values.new_zeros(n_b).index_add_(0, seg, dev)  # (B,)
+        user_bias = sums.unsqueeze(1) / (count + self.config.user_bias_reg)  # (B, 1)
+        return user_bias, dev - user_bias[:, 0].index_select(0, seg)
 
     def code_vectors(self, users: SparseUsers) -> Tensor | None:
         """(B, d) item-code user vectors w_u = H_Rᵀ α_u of encoded users (None when that path
