@@ -1069,7 +1069,9 @@ class Autoencoder(nn.Module):
 
         The residual ridge and the item codes are both sums over a user's rated movies r_j of
         an I × I matrix's entries [r_j, c]: the ridge's weights times the residuals, and
-        H Hᵀ times the dual coefficients (``fold_in_duals``); both gather the same N × k
+        H Hᵀ times the dual coefficients (``fold_in_duals``). A batch gathers those N × k
+        entries; one user reads whole rows instead (the ridge row of the whole catalogue, the
+        gram rows the fold-in kept), which touches far fewer cache lines than N × k scattered
         entries."""
         cols = cols.long()
         n_b, k = cols.shape
@@ -1087,8 +1089,6 @@ class Autoencoder(nn.Module):
         with_codes = users.code_alpha is not None and code_gain is not None
         if not (with_ridge or with_codes):
             return pred.clamp(self.rating_min, self.rating_max)
-        # One user: the whole ridge row (its rated rows read in order) and the k gram rows of
-        # the columns read whole beat gathering N × k scattered entries; a batch gathers them.
         rated, seg = users.indices, users.seg
         at = None
         if n_b > 1:
@@ -1107,9 +1107,9 @@ class Autoencoder(nn.Module):
         if with_codes:
             assert users.code_alpha is not None and code_gain is not None
             gram = self._item_code_gram()  # symmetric: [r, c] = [c, r] = h_r · h_c
-            if users.code_rows is not None:  # one user: the rows the fold-in read
+            if users.code_rows is not None:  # one user, dual form: the rows the fold-in read
                 codes = (users.code_alpha @ users.code_rows.index_select(1, flat)).unsqueeze(0)
-            elif at is None:
+            elif at is None:  # one user, primal form: the gram rows of the k columns
                 picked = gram.index_select(0, flat).index_select(1, rated)  # (k, N)
                 codes = (picked @ users.code_alpha).unsqueeze(0)
             else:
