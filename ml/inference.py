@@ -68,6 +68,11 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array (no copy for a CPU tensor)."""
+    return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
+
+
 class Recommender:
     """A loaded, immutable model with the movie vocabulary of its checkpoint."""
 
@@ -330,7 +335,7 @@ class Recommender:
                 pred, scores = self._forward(rows)  # (B, I) each
                 top = torch.topk(scores.masked_fill(blocked, -math.inf), k, dim=1)
                 top_c, top_s, top_p = top.indices, top.values, pred.gather(1, top.indices)
-        return top_c.cpu().numpy(), top_s.float().cpu().numpy(), top_p.float().cpu().numpy()
+        return _host(top_c), _host(top_s.float()), _host(top_p.float())
 
     def _blocked(
         self, rated: np.ndarray, exclude: Iterable[int], allowed: np.ndarray | None

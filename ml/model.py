@@ -1103,7 +1103,7 @@ class Autoencoder(nn.Module):
                 if not self._zero_diagonal(ridge):
                     picked = picked.masked_fill(rated.unsqueeze(1) == cols_n, 0.0)
                 term = _weighted_segment_sum(picked, users.resid, seg, n_b)
-            pred = pred + ridge_gain * term
+            pred = torch.addcmul(pred, ridge_gain, term)  # + gain · term
         if with_codes:
             assert users.code_alpha is not None and code_gain is not None
             gram = self._item_code_gram()  # symmetric: [r, c] = [c, r] = h_r · h_c
@@ -1114,7 +1114,7 @@ class Autoencoder(nn.Module):
                 codes = (picked @ users.code_alpha).unsqueeze(0)
             else:
                 codes = _weighted_segment_sum(gram.take(at), users.code_alpha, seg, n_b)
-            pred = pred + code_gain * codes.to(pred.dtype)
+            pred = torch.addcmul(pred, code_gain, codes.to(pred.dtype))
         return pred.clamp(self.rating_min, self.rating_max)
 
     def rerank_terms(self, preds: Tensor) -> Tensor:
@@ -1366,7 +1366,8 @@ class Autoencoder(nn.Module):
         h = self.act(first)
         for layer in self.encoder:
             h = self.act(layer(h))
-        h = self.code_dropout(h)  # (B, code)
+        if self.training:  # (dropout is the identity in eval mode)
+            h = self.code_dropout(h)  # (B, code)
         if self.config.tied:
             for enc, bias in zip(reversed(self.encoder), self.decoder_bias, strict=True):
                 assert isinstance(enc, nn.Linear)
