@@ -571,7 +571,8 @@ def fold_in_duals(
         y = (resid[pos_t] * valid_t).unsqueeze(2)  # (G, width, 1)
         if dual and item_gram is not None:
             pair = valid_t.unsqueeze(2) & valid_t.unsqueeze(1)  # (G, width, width)
-            gram = item_gram[cols.unsqueeze(2), cols.unsqueeze(1)].float() * pair
+            at = (cols * item_gram.shape[1]).unsqueeze(2) + cols.unsqueeze(1)  # flat [r, r']
+            gram = item_gram.take(at).float() * pair  # (G, width, width)
             gram.diagonal(dim1=1, dim2=2).add_(lam)
             a_g = torch.cholesky_solve(y, torch.linalg.cholesky(gram))  # (G, width, 1)
             alpha[torch.from_numpy(pos[valid]).to(alpha.device)] = a_g.squeeze(2)[valid_t]
