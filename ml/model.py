@@ -618,12 +618,6 @@ def fold_in_codes(
     )
 
 
-def _weighted_segment_sum(x: Tensor, weights: Tensor, seg: Tensor, n_b: int) -> Tensor:
-    """Per-user sums (B, k) of packed rows ``x`` (N, k) times their ``weights`` (N,)."""
-    weighted = x * weights.to(x.dtype).unsqueeze(1)
-    return x.new_zeros(n_b, x.shape[1]).index_add_(0, seg, weighted)
-
-
 class Autoencoder(nn.Module):
     """Stacked autoencoder with a rating head and a ranking head sharing one encoder."""
 
@@ -1068,12 +1062,10 @@ class Autoencoder(nn.Module):
         matching entries of ``forward_sparse``'s ratings: each rating path (deep head, residual
         ridge, item codes) is evaluated on the k columns instead of the whole catalogue.
 
-        The residual ridge and the item codes are both sums over a user's rated movies r_j of
-        an I × I matrix's entries [r_j, c]: the ridge's weights times the residuals, and
-        H Hᵀ times the dual coefficients (``fold_in_duals``). A batch gathers those N × k
-        entries; one user reads whole rows instead (the ridge row of the whole catalogue, the
-        gram rows the fold-in kept), which touches far fewer cache lines than N × k scattered
-        entries."""
+        The residual ridge is summed over the whole catalogue (the rated movies' rows read
+        in order touch fewer cache lines than the N × k entries scattered over them) and read
+        at the k columns; the item-code term of one user comes from the gram rows its fold-in
+        kept (``fold_in_user``), of a batch from the users' vectors and the k movies' codes."""
         cols = cols.long()
         n_b, k = cols.shape
         flat = cols.reshape(-1)
@@ -1084,38 +1076,20 @@ class Autoencoder(nn.Module):
         pred = torch.baddbmm(base, rows, h).squeeze(2)  # (B, k)
         if users.user_bias is not None:
             pred = pred + users.user_bias
-        ridge, ridge_gain = self.wide_rating, self.wide_rating_gain
+        if self.wide_rating is not None and self.wide_rating_gain is not None:
+            ridge = self._ridge_rows(users).gather(1, cols)  # (B, k)
+            pred = torch.addcmul(pred, self.wide_rating_gain, ridge)  # + gain · ridge
         code_gain = self.item_code_gain
-        with_ridge = ridge is not None and ridge_gain is not None
-        with_codes = users.code_alpha is not None and code_gain is not None
-        if not (with_ridge or with_codes):
-            return pred.clamp(self.rating_min, self.rating_max)
-        rated, seg = users.indices, users.seg
-        at = None
-        if n_b > 1:
-            cols_n = cols.index_select(0, seg)  # (N, k) the columns of each entry's user
-            at = (rated * self.n_items).unsqueeze(1) + cols_n  # (N, k) flat [r_j, c]
-        if with_ridge:
-            assert ridge is not None and ridge_gain is not None
-            if at is None:
-                term = self._ridge_rows(users).index_select(1, flat)  # (1, k)
-            else:
-                picked = ridge.take(at)  # (N, k)
-                if not self._zero_diagonal(ridge):
-                    picked = picked.masked_fill(rated.unsqueeze(1) == cols_n, 0.0)
-                term = _weighted_segment_sum(picked, users.resid, seg, n_b)
-            pred = torch.addcmul(pred, ridge_gain, term)  # + gain · term
-        if with_codes:
-            assert users.code_alpha is not None and code_gain is not None
-            gram = self._item_code_gram()  # symmetric: [r, c] = [c, r] = h_r · h_c
+        if users.code_alpha is not None and code_gain is not None:
             if users.code_rows is not None:  # one user, dual form: the rows the fold-in read
                 codes = (users.code_alpha @ users.code_rows.index_select(1, flat)).unsqueeze(0)
-            elif at is None:  # one user, primal form: the gram rows of the k columns
-                picked = gram.index_select(0, flat).index_select(1, rated)  # (k, N)
-                codes = (picked @ users.code_alpha).unsqueeze(0)
-            else:
-                codes = _weighted_segment_sum(gram.take(at), users.code_alpha, seg, n_b)
-            pred = torch.addcmul(pred, code_gain, codes.to(pred.dtype))
+            else:  # the users' vectors times the k movies' codes
+                assert self.item_code is not None
+                w = self.code_vectors(users)
+                assert w is not None
+                picked = self.item_code.index_select(0, flat).view(n_b, k, -1).float()
+                codes = torch.bmm(picked, w.unsqueeze(2)).squeeze(2)  # (B, k)
+            pred = torch.addcmul(pred, code_gain, codes.to(pred.dtype))  # + gain · codes
         return pred.clamp(self.rating_min, self.rating_max)
 
     def rerank_terms(self, preds: Tensor) -> Tensor:
