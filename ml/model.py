@@ -618,6 +618,13 @@ def fold_in_codes(
     )
 
 
+def _per_entry(per_user: Tensor, seg: Tensor, n: int) -> Tensor:
+    """Per-user values (B, 1) spread over the users' ``n`` packed entries ``seg`` (N,)."""
+    if per_user.shape[0] == 1:
+        return per_user.view(1).expand(n)
+    return per_user[:, 0].index_select(0, seg)
+
+
 class Autoencoder(nn.Module):
     """Stacked autoencoder with a rating head and a ranking head sharing one encoder."""
 
@@ -1195,20 +1202,17 @@ class Autoencoder(nn.Module):
         n_b, n = offsets.numel(), indices.numel()
         values = values.to(self.input_bias.dtype)
         codes_on = self._codes_active()
-        if n_b == 1:  # one user: the counts are Python numbers, fewer small tensor ops
-            seg = indices.new_zeros(n)  # (N,)
-            lengths = [n]
-            user_bias, resid = self._residuals(indices, values, seg, n_b, float(n))
-            scale = np.float32(1.0) / np.sqrt(np.float32(max(n, 1))) if cfg.normalise else 1.0
-            scale_n = values.new_full((n,), float(scale))  # (N,) the float32 1/sqrt(n)
+        if n_b == 1:  # one user: no segment arithmetic
+            seg, lengths = indices.new_zeros(n), [n]  # (N,)
+            count = values.new_full((1, 1), n)  # (B, 1)
         else:
             counts = torch.diff(offsets, append=offsets.new_tensor([n]))  # (B,)
             seg = torch.repeat_interleave(counts)  # (N,)
             lengths = counts.tolist() if codes_on else []
-            count = counts.to(values.dtype).unsqueeze(1)  # (B, 1)
-            user_bias, resid = self._residuals(indices, values, seg, n_b, count)
-            scale = count.clamp_min(1.0).rsqrt() if cfg.normalise else torch.ones_like(count)
-            scale_n = scale[:, 0].index_select(0, seg)  # (N,)
+            count = counts.to(values.dtype).unsqueeze(1)
+        user_bias, resid = self._residuals(indices, values, seg, count)
+        scale = count.clamp_min(1.0).rsqrt() if cfg.normalise else torch.ones_like(count)
+        scale_n = _per_entry(scale, seg, n)  # (N,)
         h = self._first_layer_sparse(indices, offsets, n_b, resid * scale_n, scale_n)
         wide = None
         ease = self.wide
@@ -1238,19 +1242,16 @@ class Autoencoder(nn.Module):
         )
 
     def _residuals(
-        self, indices: Tensor, values: Tensor, seg: Tensor, n_b: int, count: Tensor | float
+        self, indices: Tensor, values: Tensor, seg: Tensor, count: Tensor
     ) -> tuple[Tensor | None, Tensor]:
         """User offsets (B, 1) (None without the baseline) and residuals (N,) of packed
-        ratings; ``count``: the users' numbers of ratings (B, 1), or one user's as a number."""
+        ratings of users ``seg`` with ``count`` (B, 1) ratings each."""
         if not self.config.baseline:
             return None, values
         dev = values - self.global_mean - self.item_bias.index_select(0, indices)  # (N,)
-        if n_b == 1:
-            user_bias = dev.sum().view(1, 1) / (count + self.config.user_bias_reg)
-            return user_bias, dev - user_bias.view(1)
-        sums = values.new_zeros(n_b).index_add_(0, seg, dev)  # (B,)
+        sums = values.new_zeros(count.shape[0]).index_add_(0, seg, dev)  # (B,)
         user_bias = sums.unsqueeze(1) / (count + self.config.user_bias_reg)  # (B, 1)
-        return user_bias, dev - user_bias[:, 0].index_select(0, seg)
+        return user_bias, dev - _per_entry(user_bias, seg, dev.numel())
 
     def code_vectors(self, users: SparseUsers) -> Tensor | None:
         """(B, d) item-code user vectors w_u = H_Rᵀ α_u of encoded users (None when that path
