@@ -188,6 +188,28 @@ def test_one_user_alone_and_in_a_batch_rated_as_the_dense_pass(zero_diagonal: bo
             torch.testing.assert_close(scores[0], dense_scores[b], rtol=1e-5, atol=1e-5)
 
 
+def test_cached_derived_weights_follow_in_place_changes() -> None:
+    """The per-movie constants, the zero-diagonal flags and H Hᵀ are cached from the weights;
+    changing a weight in place (as calibration and refits do) is seen by the next request."""
+    m = random_matrix(40, 30)
+    model = with_codes(m)
+    one = m[:1]
+    ratings = torch.from_numpy(one.toarray())
+    every = torch.arange(30).unsqueeze(0)
+    with torch.no_grad():
+        model.rate_columns(model.encode_sparse(*packed(one)), every)  # fills the caches
+        assert model.wide_rating is not None and model.item_code is not None
+        model.rating_head.bias.add_(0.3)
+        model.item_bias.mul_(0.5)
+        model.wide_rating.fill_diagonal_(0.0)
+        model.item_code.mul_(0.9)
+        rated = model.rate_columns(model.encode_sparse(*packed(one)), every)
+        dense, _ = model(ratings, ratings > 0)
+    assert model._zero_diagonal(model.wide_rating)
+    torch.testing.assert_close(model._item_code_gram(), model.item_code @ model.item_code.T)
+    torch.testing.assert_close(rated, dense, rtol=1e-5, atol=1e-5)
+
+
 def test_ease_alone_skips_the_deep_head_with_the_same_scores() -> None:
     """With ``wide_mix`` 0 the served scores are the EASE scores, exactly what adding 0 times
     the deep head's log-probabilities gives; a non-zero mix still reads the deep head."""
