@@ -409,9 +409,6 @@ class SparseUsers:
     wide: Tensor | None  # (B, I) EASE scores, zero diagonal (None without that path)
     code_alpha: Tensor | None  # (N,) item-code dual coefficients, packed like ``indices``
     # (``fold_in_duals``; None when that path is off)
-    code_rows: Tensor | None = None  # (N, I) rows of H Hᵀ of the rated movies, kept from a
-    # one-user fold-in in the dual form (``fold_in_user``): the item-code term of movie c is
-    # code_alpha · code_rows[:, c]
 
 
 def train_item_codes(train: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
@@ -478,40 +475,22 @@ def _fold_in_groups(sizes: np.ndarray, limit: int) -> list[tuple[bool, np.ndarra
 
 def _fold_in_one(
     h: Tensor, cols: Tensor, y: Tensor, lam: float, dual: bool, item_gram: Tensor | None
-) -> tuple[Tensor, Tensor | None]:
+) -> Tensor:
     """``fold_in_duals`` of one user who rated ``cols`` (n,) with residuals ``y`` (n,): α (n,),
-    unpadded, and the rows of ``item_gram`` at ``cols`` (n, I) when the dual form gathered
-    them (the gram block: that row block, then its columns), else None."""
+    unpadded (the gram block gathered as its row block, then its columns)."""
     if dual:
-        rows = None
         if item_gram is not None:
-            rows = item_gram.index_select(0, cols).float()  # (n, I)
-            gram = rows.index_select(1, cols)  # (n, n)
+            gram = item_gram.index_select(0, cols).index_select(1, cols).float()  # (n, n)
         else:
             hr = h.index_select(0, cols)  # (n, d)
             gram = hr @ hr.T
         gram.diagonal().add_(lam)
-        alpha = torch.cholesky_solve(y.unsqueeze(1), torch.linalg.cholesky(gram)).squeeze(1)
-        return alpha, rows
+        return torch.cholesky_solve(y.unsqueeze(1), torch.linalg.cholesky(gram)).squeeze(1)
     hr = h.index_select(0, cols)  # (n, d)
     gram = hr.T @ hr  # (d, d)
     gram.diagonal().add_(lam)
     w = torch.cholesky_solve((hr.T @ y).unsqueeze(1), torch.linalg.cholesky(gram))  # (d, 1)
-    return (y - (hr @ w).squeeze(1)) / lam, None
-
-
-def fold_in_user(
-    codes: Tensor, cols: Tensor, resid: Tensor, lam: float, item_gram: Tensor | None = None
-) -> tuple[Tensor, Tensor | None]:
-    """``fold_in_duals`` of one user who rated ``cols`` (n,) with residuals ``resid``: α (n,)
-    float32, and with ``item_gram`` in the dual form also the rows of H Hᵀ of the rated
-    movies (n, I) it gathered, from which the item-code term of any movie c is α · rows[:, c]
-    without reading H Hᵀ again (else None)."""
-    h = codes.float()
-    if cols.numel() == 0:
-        return h.new_zeros(0), None
-    dual = cols.numel() < _dual_limit(h.shape[1], item_gram)
-    return _fold_in_one(h, cols, resid.float(), lam, dual, item_gram)
+    return (y - (hr @ w).squeeze(1)) / lam
 
 
 def _dual_limit(d: int, item_gram: Tensor | None) -> int:
@@ -532,8 +511,8 @@ def fold_in_duals(
     """The item-code fold-in in dual coefficients: α (N,) float32, packed like ``indices``,
     such that each user's vector w_u = (H_Rᵀ H_R + λI)⁻¹ H_Rᵀ y_u on the codes H_R of the
     movies they rated (``indices``, packed user after user, ``lengths`` per user) and their
-    residuals y_u (``resid``) is w_u = H_Rᵀ α_u. The item-code term of any movie c is then
-    h_c · w_u = Σ_j α_j (H Hᵀ)[c, r_j], so with H Hᵀ at hand the vector need not be formed.
+    residuals y_u (``resid``) is w_u = H_Rᵀ α_u: one embedding bag of the rated movies' codes
+    weighted by α gives every user's vector (``fold_in_codes``), whatever form solved them.
 
     Users with fewer ratings than d (2d with ``item_gram``) are solved in the dual form,
     α = (H_R H_Rᵀ + λI)⁻¹ y_u (an n_u × n_u system), the others in the primal (d × d), whose
@@ -549,9 +528,9 @@ def fold_in_duals(
     alpha = resid.new_zeros(indices.numel())
     if len(lengths) == 0 or indices.numel() == 0:
         return alpha
-    if len(lengths) == 1:
-        return fold_in_user(codes, indices, resid, lam, item_gram)[0]
     limit = _dual_limit(d, item_gram)
+    if len(lengths) == 1:
+        return _fold_in_one(h, indices, resid, lam, indices.numel() < limit, item_gram)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
     sizes = np.asarray(lengths, dtype=np.int64)
     for dual, users in _fold_in_groups(sizes, limit):
@@ -559,7 +538,7 @@ def fold_in_duals(
             a, n = int(starts[users[0]]), int(sizes[users[0]])
             alpha[a : a + n] = _fold_in_one(
                 h, indices[a : a + n], resid[a : a + n], lam, dual, item_gram
-            )[0]
+            )
             continue
         width = int(sizes[users].max())
         # (G, width) positions into the packed arrays; padding points at slot 0 and is masked.
@@ -1071,16 +1050,18 @@ class Autoencoder(nn.Module):
 
         The residual ridge is summed over the whole catalogue (the rated movies' rows read
         in order touch fewer cache lines than the N × k entries scattered over them) and read
-        at the k columns; the item-code term of one user comes from the gram rows its fold-in
-        kept (``fold_in_user``), of a batch from the users' vectors and the k movies' codes."""
+        at the k columns; the item-code term is the users' vectors (from their dual
+        coefficients) times the k movies' codes."""
         cols = cols.long()
         n_b, k = cols.shape
         flat = cols.reshape(-1)
         weight = self.rating_head.weight
+        # Products as elementwise sums over the last axis, not bmm: the same arithmetic at
+        # every batch size, so one user and a batch get the same ratings.
         rows = weight.index_select(0, flat).view(n_b, k, -1)  # (B, k, h0)
-        h = users.hidden.to(weight.dtype).unsqueeze(2)  # (B, h0, 1)
-        base = self._column_base().index_select(0, flat).view(n_b, k, 1)
-        pred = torch.baddbmm(base, rows, h).squeeze(2)  # (B, k)
+        h = users.hidden.to(weight.dtype).unsqueeze(1)  # (B, 1, h0)
+        base = self._column_base().index_select(0, flat).view(n_b, k)
+        pred = (rows * h).sum(2) + base  # (B, k)
         if users.user_bias is not None:
             pred = pred + users.user_bias
         if self.wide_rating is not None and self.wide_rating_gain is not None:
@@ -1088,14 +1069,11 @@ class Autoencoder(nn.Module):
             pred = torch.addcmul(pred, self.wide_rating_gain, ridge)  # + gain · ridge
         code_gain = self.item_code_gain
         if users.code_alpha is not None and code_gain is not None:
-            if users.code_rows is not None:  # one user, dual form: the rows the fold-in read
-                codes = (users.code_alpha @ users.code_rows.index_select(1, flat)).unsqueeze(0)
-            else:  # the users' vectors times the k movies' codes
-                assert self.item_code is not None
-                w = self.code_vectors(users)
-                assert w is not None
-                picked = self.item_code.index_select(0, flat).view(n_b, k, -1).float()
-                codes = torch.bmm(picked, w.unsqueeze(2)).squeeze(2)  # (B, k)
+            assert self.item_code is not None
+            w = self.code_vectors(users)  # (B, d)
+            assert w is not None
+            picked = self.item_code.index_select(0, flat).view(n_b, k, -1).float()
+            codes = (picked * w.unsqueeze(1)).sum(2)  # (B, k)
             pred = torch.addcmul(pred, code_gain, codes.to(pred.dtype))  # + gain · codes
         return pred.clamp(self.rating_min, self.rating_max)
 
@@ -1221,14 +1199,17 @@ class Autoencoder(nn.Module):
             if not self._zero_diagonal(ease):
                 diag = torch.diagonal(ease).index_select(0, indices)  # (N,)
                 wide = wide.index_put((seg, indices), -diag, accumulate=True)
-        code_alpha = code_rows = None
+        code_alpha = None
         if codes_on:
             assert self.item_code is not None
-            codes, lam, gram = self.item_code, cfg.item_code_lambda, self._item_code_gram()
-            if n_b == 1:
-                code_alpha, code_rows = fold_in_user(codes, indices, resid, lam, gram)
-            else:
-                code_alpha = fold_in_duals(codes, indices, resid, lengths, lam, gram)
+            code_alpha = fold_in_duals(
+                self.item_code,
+                indices,
+                resid,
+                lengths,
+                cfg.item_code_lambda,
+                self._item_code_gram(),
+            )  # (N,)
         return SparseUsers(
             hidden=self._hidden(h),
             user_bias=user_bias,
@@ -1238,7 +1219,6 @@ class Autoencoder(nn.Module):
             seg=seg,
             wide=wide,
             code_alpha=code_alpha,
-            code_rows=code_rows,
         )
 
     def _residuals(
