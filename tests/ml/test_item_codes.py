@@ -152,9 +152,9 @@ def test_dense_sparse_and_top_k_only_ratings_agree() -> None:
 
 @pytest.mark.parametrize("zero_diagonal", [False, True])
 def test_one_user_alone_and_in_a_batch_rated_as_the_dense_pass(zero_diagonal: bool) -> None:
-    """``rate_columns`` of a user encoded alone (the one-user paths of the fold-in and of the
-    ridge and item-code terms) and in a batch equals the dense forward pass, with the wide
-    paths' diagonals exactly zero (skipped) or not (subtracted)."""
+    """``rate_columns`` of a user encoded alone (the one-user paths of the encoding and of the
+    fold-in) and in a batch equals the dense forward pass, with the wide paths' diagonals
+    exactly zero (skipped) or not (subtracted); alone and in a batch agree more closely."""
     m = random_matrix(40, 30)
     model = with_codes(m)  # its wide paths' diagonals are perturbed away from 0
     assert model.wide is not None and model.wide_rating is not None
@@ -180,6 +180,7 @@ def test_one_user_alone_and_in_a_batch_rated_as_the_dense_pass(zero_diagonal: bo
             users = model.encode_sparse(*packed(one))
             alone = model.rate_columns(users, every[b : b + 1])
             torch.testing.assert_close(alone[0], dense_pred[b], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(alone[0], batch[b], rtol=1e-6, atol=1e-6)
             some = torch.tensor([[b, 29, 3, b]])  # a column twice as well
             picked = model.rate_columns(users, some)[0]
             torch.testing.assert_close(picked, dense_pred[b, some[0]], rtol=1e-5, atol=1e-5)
