@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
 
-from app.db.models import Rating
+from app.db.models import Movie, Rating
 
 # Built once: its cache key is memoised, so each execution skips statement construction.
 RATINGS_OF_USER = select(Rating.movie_id, Rating.rating).where(
@@ -33,17 +33,19 @@ def for_user(session: Session, user_id: int) -> dict[int, float]:
 
 def page_for_user(
     session: Session, user_id: int, *, limit: int, offset: int
-) -> tuple[list[Rating], int]:
-    """One page of a user's ratings, newest first, and how many there are."""
+) -> tuple[list[tuple[Rating, Movie]], int]:
+    """One page of a user's ratings with their movies, newest first, and how many there are."""
     stmt = (
-        select(Rating)
+        select(Rating, Movie)
+        .join(Movie, Movie.id == Rating.movie_id)
         .where(Rating.user_id == user_id)
         .order_by(Rating.rated_at.desc(), Rating.movie_id)
         .limit(limit)
         .offset(offset)
     )
     total = select(func.count()).select_from(Rating).where(Rating.user_id == user_id)
-    return list(session.scalars(stmt)), int(session.scalar(total) or 0)
+    page = [(rating, movie) for rating, movie in session.execute(stmt)]
+    return page, int(session.scalar(total) or 0)
 
 
 def get(session: Session, user_id: int, movie_id: int) -> Rating | None:

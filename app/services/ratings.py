@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.db.models import Rating, utcnow
+from app.db.models import Movie, Rating, utcnow
 from app.repositories import movies as movies_repo
 from app.repositories import ratings as ratings_repo
 from app.repositories import users as users_repo
@@ -28,16 +28,20 @@ def check_rating(value: float, field: str = "rating") -> float:
 
 def list_ratings(
     session: Session, user_id: int, *, limit: int, offset: int
-) -> tuple[list[Rating], int]:
+) -> tuple[list[tuple[Rating, Movie]], int]:
+    """One page of a user's ratings with their movies, newest first, and the user's total."""
     if not users_repo.exists(session, user_id):
         raise NotFoundError(f"user {user_id} does not exist", user_id=user_id)
     return ratings_repo.page_for_user(session, user_id, limit=limit, offset=offset)
 
 
-def set_rating(session: Session, user_id: int, movie_id: int, value: float) -> tuple[Rating, bool]:
-    """Create or replace one rating (creating the user if new); ``(rating, created)``."""
+def set_rating(
+    session: Session, user_id: int, movie_id: int, value: float
+) -> tuple[Rating, Movie, bool]:
+    """Create or replace one rating (creating the user if new); ``(rating, movie, created)``."""
     check_rating(value)
-    if movies_repo.get(session, movie_id) is None:
+    movie = movies_repo.get(session, movie_id)
+    if movie is None:
         raise NotFoundError(f"movie {movie_id} does not exist", movie_id=movie_id)
     users_repo.get_or_create(session, user_id)
     rating = ratings_repo.get(session, user_id, movie_id)
@@ -49,7 +53,7 @@ def set_rating(session: Session, user_id: int, movie_id: int, value: float) -> t
         rating.rating = value
         rating.rated_at = utcnow()
     session.flush()
-    return rating, created
+    return rating, movie, created
 
 
 def delete_rating(session: Session, user_id: int, movie_id: int) -> None:

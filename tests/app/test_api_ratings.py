@@ -18,6 +18,19 @@ def test_list_is_paginated_with_total(client: TestClient) -> None:
     assert_problem(client.get("/v1/users/31337/ratings"), 404, "user 31337")
 
 
+def test_ratings_name_their_movies(client: TestClient) -> None:
+    items = client.get("/v1/users/2/ratings").json()["items"]
+    for item in items:
+        movie = client.get(f"/v1/movies/{item['movie_id']}").json()
+        assert (item["title"], item["year"], item["genres"]) == (
+            movie["title"],
+            movie["year"],
+            movie["genres"],
+        )
+    put = client.put("/v1/users/500/ratings/7", json={"rating": 3.5}).json()
+    assert put["title"] == client.get("/v1/movies/7").json()["title"]
+
+
 def test_put_creates_then_replaces_and_creates_new_users(client: TestClient) -> None:
     created = client.put("/v1/users/500/ratings/7", json={"rating": 3.5})
     assert created.status_code == 201

@@ -12,9 +12,10 @@ from app.api.routers.recommendations import recommendations_response
 from app.api.schemas.common import MAX_ID, problem_responses
 from app.api.schemas.ratings import RatingIn, RatingOut, RatingPage
 from app.api.schemas.recommendations import PredictionOut, PredictionsOut, RecommendationsOut
-from app.db.models import Rating
+from app.db.models import Movie, Rating
 from app.services import ratings as ratings_service
 from app.services import recommendations as rec_service
+from app.services.catalogue import split_genres
 from app.services.errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/users/{user_id}", tags=["users"])
@@ -23,12 +24,15 @@ MovieId = Annotated[int, Path(ge=0, le=MAX_ID, description="A movie id.")]
 MAX_PREDICTIONS = 1000
 
 
-def rating_out(rating: Rating) -> RatingOut:
+def rating_out(rating: Rating, movie: Movie) -> RatingOut:
     return RatingOut(
         user_id=rating.user_id,
         movie_id=rating.movie_id,
         rating=rating.rating,
         rated_at=rating.rated_at,
+        title=movie.title,
+        year=movie.year,
+        genres=split_genres(movie.genres),
     )
 
 
@@ -105,7 +109,7 @@ async def list_ratings(
 ) -> RatingPage:
     ratings, total = ratings_service.list_ratings(session, user_id, limit=limit, offset=offset)
     return RatingPage(
-        items=[rating_out(r) for r in ratings], total=total, limit=limit, offset=offset
+        items=[rating_out(r, m) for r, m in ratings], total=total, limit=limit, offset=offset
     )
 
 
@@ -120,9 +124,9 @@ async def list_ratings(
 async def put_rating(
     session: SessionDep, response: Response, user_id: UserId, movie_id: MovieId, body: RatingIn
 ) -> RatingOut:
-    rating, created = ratings_service.set_rating(session, user_id, movie_id, body.rating)
+    rating, movie, created = ratings_service.set_rating(session, user_id, movie_id, body.rating)
     response.status_code = 201 if created else 200
-    return rating_out(rating)
+    return rating_out(rating, movie)
 
 
 @router.delete(

@@ -18,6 +18,9 @@ class RatingOut(BaseModel):
     movie_id: int = Field(description="The rated movie.")
     rating: float = Field(description="The rating, 0.5 to 5.")
     rated_at: UtcDatetime = Field(description="When the rating was last set.")
+    title: str = Field(description="The rated movie's title.")
+    year: int | None = Field(description="Its release year, when known.")
+    genres: list[str] = Field(description="Its genres.")
 
 
 class RatingPage(BaseModel):
