@@ -66,6 +66,9 @@ class TestJobs:
         assert_problem(
             client.post("/v1/admin/retrain", json={"preset": "../x"}, headers=AUTH), 422, "preset"
         )
+        unknown = client.post("/v1/admin/retrain", json={"preset": "bogus"}, headers=AUTH)
+        assert_problem(unknown, 422, "preset", "bogus", "default", "seed")
+        assert client.get("/v1/admin/jobs", headers=AUTH).json()["total"] == 0  # nothing queued
 
     def test_a_running_job_without_heartbeat_is_failed_when_listed(
         self, client: TestClient, served

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from app.api.schemas.common import UtcDatetime
+from ml.train import PRESETS
 
 
 class RetrainRequest(BaseModel):
@@ -18,6 +19,14 @@ class RetrainRequest(BaseModel):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Training preset name (see `ml.train.PRESETS`); `default` when omitted.",
     )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str | None) -> str | None:
+        """An unknown preset is refused here, not by the worker after the job was queued."""
+        if name is not None and name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return name
 
 
 class JobOut(BaseModel):
