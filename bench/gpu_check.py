@@ -82,20 +82,35 @@ def serving_latency(
     }
 
 
+def add_smoke_flag(p: argparse.ArgumentParser) -> None:
+    """``--smoke-on-cpu``: every step on CPU, to check a GPU script itself without a GPU."""
+    p.add_argument(
+        "--smoke-on-cpu",
+        action="store_true",
+        help="Run every step on CPU (checks the script itself, not the GPU).",
+    )
+
+
+def accelerator(smoke_on_cpu: bool, script: str) -> str | None:
+    """``"cpu"`` for a smoke run, ``"cuda"`` when a CUDA device is present, else None after
+    saying so."""
+    if smoke_on_cpu:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    print(f"{script}: no CUDA device is available; run this on a machine with a GPU.")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--database-url")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeat", type=int, default=50)
-    p.add_argument(
-        "--smoke-on-cpu",
-        action="store_true",
-        help="Run every step on CPU with tiny data (checks the script itself, not the GPU).",
-    )
+    add_smoke_flag(p)
     args = p.parse_args(argv)
-    accel = "cpu" if args.smoke_on_cpu else "cuda"
-    if accel == "cuda" and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device is available; run this on a machine with a GPU.")
+    accel = accelerator(args.smoke_on_cpu, "gpu_check")
+    if accel is None:
         return 2
     if args.smoke_on_cpu:
         matrix = synthetic_csr(300, 200, 6000)

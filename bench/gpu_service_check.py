@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from gpu_check import accelerator, add_smoke_flag  # run as a script: bench/ is on sys.path
 
 CLI = [sys.executable, "-c", "from app.cli import main; main()"]
 
@@ -133,15 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--out", help="also write the JSON report here")
-    p.add_argument(
-        "--smoke-on-cpu",
-        action="store_true",
-        help="Every step on CPU (checks the script itself, not the GPU).",
-    )
+    add_smoke_flag(p)
     args = p.parse_args(argv)
-    accel = "cpu" if args.smoke_on_cpu else "cuda"
-    if accel == "cuda" and not torch.cuda.is_available():
-        print("gpu_service_check: no CUDA device is available; run this on a machine with a GPU.")
+    accel = accelerator(args.smoke_on_cpu, "gpu_service_check")
+    if accel is None:
         return 2
     report: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name(0) if accel == "cuda" else "none (smoke run on CPU)",
