@@ -32,4 +32,4 @@ fmt:
 	ruff format app ml migrations tests bench
 
 typecheck:
-	mypy app ml
+	mypy app ml tests

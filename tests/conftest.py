@@ -24,7 +24,7 @@ PG_SERVER = os.environ.get("MOVIEREC_TEST_PG", "postgresql+psycopg://postgres@12
 BACKENDS = ["sqlite", "postgresql"]
 
 
-def _pg_admin_conn():  # type: ignore[no-untyped-def]
+def _pg_admin_conn():
     import psycopg
 
     dsn = PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
@@ -89,7 +89,7 @@ def _create_database(backend: str, tmp: Path) -> Iterator[Database]:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def database_session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def database_session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """One migrated database per backend for the whole test session."""
     yield from _create_database(request.param, tmp_path_factory.mktemp(request.param))
 
@@ -103,13 +103,13 @@ def database(database_session: Database) -> Iterator[Database]:
 
 
 @pytest.fixture
-def fresh_database(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+def fresh_database(request: pytest.FixtureRequest, tmp_path: Path):
     """A brand-new database of the backend given by indirect parametrisation (migrations tests)."""
     yield from _create_database(getattr(request, "param", "sqlite"), tmp_path)
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: Database):  # type: ignore[no-untyped-def]
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: Database):
     """Settings pointing at the test database and a temporary model folder."""
     from app.config import get_settings
 

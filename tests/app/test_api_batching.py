@@ -14,7 +14,7 @@ USERS = [{1: 5.0, 2: 4.0}, {16: 5.0, 17: 4.5, 18: 1.0}, {3: 1.0, 20: 4.5}, {}]
 
 
 @pytest.fixture(scope="module")
-def recommender(tiny_model):  # type: ignore[no-untyped-def]
+def recommender(tiny_model):
     from ml.inference import Recommender
 
     return Recommender.from_checkpoint(tiny_model.path, device="cpu")
@@ -24,7 +24,7 @@ def test_concurrent_requests_are_scored_in_one_pass_like_one_by_one(recommender)
     allowed = np.ones(len(recommender.movie_ids), dtype=bool)
     batcher = MicroBatcher()
 
-    async def ask_all():  # type: ignore[no-untyped-def]
+    async def ask_all():
         return await asyncio.gather(*(batcher.top(recommender, u, 6, allowed) for u in USERS))
 
     results = asyncio.run(ask_all())
@@ -51,7 +51,7 @@ def test_a_failing_batch_fails_each_request(recommender) -> None:
     batcher = MicroBatcher()
     wrong_shape = np.ones(3, dtype=bool)
 
-    async def ask():  # type: ignore[no-untyped-def]
+    async def ask():
         return await batcher.top(recommender, {1: 4.0}, 5, wrong_shape)
 
     with pytest.raises(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -108,8 +108,14 @@ def test_page_is_served(bare_client: TestClient) -> None:
 
 
 # -- the database going away and coming back ------------------------------------------------
+# (url, take_away, bring_back)
+MovableStore = tuple[str, Callable[[], None], Callable[[], None]]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def movable_store(request: pytest.FixtureRequest, tmp_path: Path, tiny_model):  # type: ignore[no-untyped-def]
+def movable_store(
+    request: pytest.FixtureRequest, tmp_path: Path, tiny_model
+) -> Iterator[MovableStore]:
     """A store of its own that the test can take away: ``(url, take_away, bring_back)``."""
     if request.param == "sqlite":
         folder = tmp_path / "store"
@@ -120,13 +126,13 @@ def movable_store(request: pytest.FixtureRequest, tmp_path: Path, tiny_model):  
         register_result(url, tiny_model.result)
         hidden = tmp_path / "hidden"
 
-        def take_away() -> None:
+        def hide_folder() -> None:
             folder.rename(hidden)
 
-        def bring_back() -> None:
+        def restore_folder() -> None:
             hidden.rename(folder)
 
-        yield url, take_away, bring_back
+        yield url, hide_folder, restore_folder
         return
     try:
         admin = _pg_admin_conn()
@@ -145,27 +151,30 @@ def movable_store(request: pytest.FixtureRequest, tmp_path: Path, tiny_model):  
         "WHERE datname = %s AND pid <> pg_backend_pid()"
     )
 
-    def take_away() -> None:
+    def rename_database_away() -> None:
         admin.execute(terminate, (name,))
         admin.execute(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"')
 
-    def bring_back() -> None:
+    def rename_database_back() -> None:
         admin.execute(f'ALTER DATABASE "{name}_away" RENAME TO "{name}"')
 
     try:
-        yield url, take_away, bring_back
+        yield url, rename_database_away, rename_database_back
     finally:
         for db in (name, f"{name}_away"):
             admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         admin.close()
 
 
-def test_database_down_gives_503_problems_then_recovers(movable_store, tmp_path: Path) -> None:
+def test_database_down_gives_503_problems_then_recovers(
+    movable_store: MovableStore, tmp_path: Path
+) -> None:
     url, take_away, bring_back = movable_store
-    with TestClient(create_app(app_settings(url, tmp_path))) as c:
+    app = create_app(app_settings(url, tmp_path))
+    with TestClient(app) as c:
         assert c.get("/v1/users/2/recommendations").status_code == 200
         take_away()
-        c.app.state.engine.dispose()  # drop pooled connections, as a restarted pool would
+        app.state.engine.dispose()  # drop pooled connections, as a restarted pool would
         ready = c.get("/readyz")
         assert ready.status_code == 503 and not ready.json()["database"]["ok"]
         assert ready.json()["database"]["error"]
@@ -178,5 +187,5 @@ def test_database_down_gives_503_problems_then_recovers(movable_store, tmp_path:
         bring_back()
         assert c.get("/readyz").status_code == 200
         assert c.get("/v1/users/2/recommendations").status_code == 200
-        with c.app.state.engine.connect() as conn:
+        with app.state.engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM movies")).scalar() == 30

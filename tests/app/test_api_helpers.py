@@ -188,7 +188,7 @@ def assert_problem(response: Any, status: int, *needles: str) -> dict[str, Any]:
     assert body["title"] and body["type"]
     for needle in needles:
         assert needle in body["detail"], body
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 def copy_checkpoint(tiny: TinyModel, dest: Path, *, corrupt: bool = False) -> Any:

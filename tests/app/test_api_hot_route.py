@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.types import ASGIApp
 
 from app.api.hot import HotRecommendations
 from app.main import create_app
@@ -22,7 +23,8 @@ from tests.app.test_api_helpers import app_settings
 ROUTE = "/v1/users/{user_id}/recommendations"
 
 
-def hot_layer(app: FastAPI) -> HotRecommendations:
+def hot_layer(app: ASGIApp) -> HotRecommendations:
+    assert isinstance(app, FastAPI), "a test client of the FastAPI application"
     layer: Any = app.middleware_stack
     while layer is not None and not isinstance(layer, HotRecommendations):
         layer = getattr(layer, "app", None)
@@ -72,13 +74,13 @@ def test_well_formed_requests_are_answered_by_the_layer_as_by_the_route(
 ) -> None:
     hot, plain = clients
     url = f"/v1/users/2/recommendations{query}"
-    layer_answers = hot_layer(hot.app).answered  # type: ignore[arg-type]
+    layer_answers = hot_layer(hot.app).answered
     fast, reference = hot.get(url), plain.get(url)
     assert fast.status_code == 200
     assert comparable(fast) == comparable(reference)
     assert int(fast.headers["content-length"]) == len(fast.content)
     assert fast.headers["x-request-id"]
-    assert hot_layer(hot.app).answered == layer_answers + 1  # type: ignore[arg-type]
+    assert hot_layer(hot.app).answered == layer_answers + 1
 
 
 UNUSUAL = [
@@ -103,7 +105,7 @@ def test_unusual_requests_get_the_declared_routes_answer(
     clients: tuple[TestClient, TestClient], url: str
 ) -> None:
     hot, plain = clients
-    layer_answers = hot_layer(hot.app).answered  # type: ignore[arg-type]
+    layer_answers = hot_layer(hot.app).answered
     fast, reference = hot.get(url, follow_redirects=False), plain.get(url, follow_redirects=False)
     assert fast.status_code == reference.status_code
     if fast.headers.get("content-type", "").startswith("application/"):
@@ -116,7 +118,7 @@ def test_no_model_is_the_declared_503(bare_client: TestClient) -> None:
     assert r.status_code == 503
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.headers["retry-after"]
-    assert hot_layer(bare_client.app).answered == 0  # type: ignore[arg-type]
+    assert hot_layer(bare_client.app).answered == 0
 
 
 def test_metrics_and_request_ids_still_apply(clients: tuple[TestClient, TestClient]) -> None:

@@ -24,7 +24,7 @@ def wait_for_version(client: TestClient, version: int, timeout: float = 10.0) ->
     raise AssertionError(f"version {version} was not swapped in within {timeout} s")
 
 
-def activate_in_store(served, version_id: int) -> None:  # type: ignore[no-untyped-def]
+def activate_in_store(served, version_id: int) -> None:
     """Activate as another process would (e.g. the worker or another replica's admin call)."""
     with Session(served.engine) as session, session.begin():
         registry.activate(session, version_id)

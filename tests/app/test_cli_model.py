@@ -18,7 +18,7 @@ N_USERS, N_MOVIES = 24, 18
 runner = CliRunner()
 
 
-def seed_store(engine) -> list[tuple[int, int, float]]:  # type: ignore[no-untyped-def]
+def seed_store(engine) -> list[tuple[int, int, float]]:
     """A tiny store: 24 users, 18 movies, 7 ratings each, plus user 99 with no ratings."""
     rng = np.random.default_rng(4)
     ratings = [
@@ -52,11 +52,11 @@ def small_config(tmp_path: Path) -> Path:
     return path
 
 
-def invoke(*args: str):  # type: ignore[no-untyped-def]
+def invoke(*args: str):
     return runner.invoke(cli, list(args), catch_exceptions=False)
 
 
-def test_train_recommend_predict_end_to_end(env, small_config: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_train_recommend_predict_end_to_end(env, small_config: Path, tmp_path: Path) -> None:
     ratings = seed_store(env.engine)
 
     result = invoke("recommend", "1")
@@ -122,7 +122,7 @@ def test_train_recommend_predict_end_to_end(env, small_config: Path, tmp_path: P
     assert result.exit_code == 1 and "model version 999 does not exist" in result.output
 
 
-def test_train_without_ratings_and_bad_inputs_fail_clearly(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_train_without_ratings_and_bad_inputs_fail_clearly(env, tmp_path: Path) -> None:
     result = invoke("train", "--epochs", "1", "--device", "cpu")
     assert result.exit_code == 1 and "no ratings" in result.output
 

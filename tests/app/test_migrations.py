@@ -16,7 +16,7 @@ EXPECTED_TABLES = {"movies", "users", "ratings", "model_versions", "training_job
 
 
 @pytest.mark.parametrize("fresh_database", ["sqlite", "postgresql"], indirect=True)
-def test_upgrade_downgrade_upgrade(fresh_database) -> None:  # type: ignore[no-untyped-def]
+def test_upgrade_downgrade_upgrade(fresh_database) -> None:
     url = fresh_database.url
     engine = make_engine(url)
     assert set(inspect(engine).get_table_names()) >= EXPECTED_TABLES
@@ -31,7 +31,7 @@ def test_upgrade_downgrade_upgrade(fresh_database) -> None:  # type: ignore[no-u
 
 
 @pytest.mark.parametrize("fresh_database", ["sqlite", "postgresql"], indirect=True)
-def test_orm_matches_migrations(fresh_database) -> None:  # type: ignore[no-untyped-def]
+def test_orm_matches_migrations(fresh_database) -> None:
     engine = make_engine(fresh_database.url)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
@@ -40,7 +40,7 @@ def test_orm_matches_migrations(fresh_database) -> None:  # type: ignore[no-unty
     assert diff == []
 
 
-def test_constraints_enforced(database) -> None:  # type: ignore[no-untyped-def]
+def test_constraints_enforced(database) -> None:
     with database.engine.begin() as conn:
         conn.execute(text("INSERT INTO movies (id, title, genres) VALUES (1, 'A', '')"))
         conn.execute(text("INSERT INTO users (id) VALUES (1)"))

@@ -16,7 +16,7 @@ from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
 from tests.app.test_api_helpers import app_settings, register_result
 
 
-def add_job(db, **values) -> int:  # type: ignore[no-untyped-def]
+def add_job(db, **values) -> int:
     values.setdefault("status", JobStatus.queued.value)
     values.setdefault("params", {})
     values.setdefault("progress", {})
@@ -27,7 +27,7 @@ def add_job(db, **values) -> int:  # type: ignore[no-untyped-def]
         return job.id
 
 
-def job(db, job_id: int) -> TrainingJob:  # type: ignore[no-untyped-def]
+def job(db, job_id: int) -> TrainingJob:
     with Session(db.engine, expire_on_commit=False) as session:
         found = session.get(TrainingJob, job_id)
         assert found is not None

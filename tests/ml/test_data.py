@@ -26,7 +26,7 @@ MOVIES = [10, 20, 30, 40]  # movie 40 has no rating
 RATINGS = [(1, 10, 4.0), (1, 30, 2.5), (2, 20, 5.0), (3, 10, 1.0), (3, 20, 3.5), (3, 30, 0.5)]
 
 
-def insert_store(engine, movies=MOVIES, ratings=RATINGS) -> None:  # type: ignore[no-untyped-def]
+def insert_store(engine, movies=MOVIES, ratings=RATINGS) -> None:
     """Rows inserted with plain SQL against the table contract."""
     with engine.begin() as conn:
         conn.execute(
@@ -43,14 +43,14 @@ def insert_store(engine, movies=MOVIES, ratings=RATINGS) -> None:  # type: ignor
         )
 
 
-def random_matrix(n_users: int = 40, n_items: int = 30, density: float = 0.3, seed: int = 0):  # type: ignore[no-untyped-def]
+def random_matrix(n_users: int = 40, n_items: int = 30, density: float = 0.3, seed: int = 0):
     rng = np.random.default_rng(seed)
     m = sp.random(n_users, n_items, density=density, format="csr", random_state=rng)
     m.data = rng.integers(1, 11, size=m.nnz).astype(np.float32) / 2
     return sp.csr_matrix(m, dtype=np.float32)
 
 
-def test_load_ratings_reads_every_rating_and_every_movie(database) -> None:  # type: ignore[no-untyped-def]
+def test_load_ratings_reads_every_rating_and_every_movie(database) -> None:
     insert_store(database.engine)
     data = load_ratings(database.url)
     assert data.user_ids.tolist() == [1, 2, 3]
@@ -71,7 +71,7 @@ def test_load_ratings_reads_every_rating_and_every_movie(database) -> None:  # t
     }
 
 
-def test_load_ratings_of_an_empty_store(database) -> None:  # type: ignore[no-untyped-def]
+def test_load_ratings_of_an_empty_store(database) -> None:
     insert_store(database.engine, ratings=[])
     data = load_ratings(database.url)
     assert data.matrix.shape == (0, 4)

@@ -65,14 +65,14 @@ def test_relevance_threshold_is_four() -> None:
 
 def test_coverage_rmse_mae_by_hand() -> None:
     assert metrics.coverage(np.array([[0, 1], [2, 1]]), 4) == 0.75
-    assert metrics.rmse([1.0, 2.0], [2.0, 4.0]) == pytest.approx(math.sqrt(2.5))
-    assert metrics.mae([1.0, 2.0], [2.0, 4.0]) == pytest.approx(1.5)
+    assert metrics.rmse(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == pytest.approx(math.sqrt(2.5))
+    assert metrics.mae(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == pytest.approx(1.5)
 
 
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         metrics.ndcg_at_k(SCORES, RELEVANT[:, :3], 2)
     with pytest.raises(ValueError, match="predictions"):
-        metrics.rmse([1.0], [1.0, 2.0])
+        metrics.rmse(np.array([1.0]), np.array([1.0, 2.0]))
     with pytest.raises(ValueError, match="k must be positive"):
         metrics.top_k(SCORES, 0)

@@ -19,7 +19,7 @@ from ml.checkpoint import save
 from ml.data import split_per_user
 from ml.evaluate import autoencoder_scorer, ranking_metrics
 from ml.inference import Recommender
-from ml.model import Autoencoder, ModelConfig, ranks_as_scores
+from ml.model import Autoencoder, ModelConfig, SparseUsers, ranks_as_scores
 from ml.train import TrainConfig, validate
 from tests.ml.test_data import random_matrix
 from tests.ml.test_item_codes import SMALL, with_codes
@@ -37,7 +37,7 @@ def reranking(m: sp.csr_matrix, weight: float = 0.5, candidates: int = 6) -> Aut
     return model
 
 
-def encoded(model: Autoencoder, rows: sp.csr_matrix):  # type: ignore[no-untyped-def]
+def encoded(model: Autoencoder, rows: sp.csr_matrix) -> SparseUsers:
     return model.encode_sparse(
         torch.from_numpy(rows.indices.astype(np.int64)),
         torch.from_numpy(rows.data),
@@ -54,10 +54,10 @@ def test_reranking_equals_its_definition_on_a_tiny_case() -> None:
     with torch.no_grad():
         users = encoded(model, rows)
         cols, vals, preds = model.top_k_sparse(users, blocked.clone(), 9)
-        pred, scores = model.forward_sparse(
+        pred_t, scores_t = model.forward_sparse(
             users.indices, torch.from_numpy(rows.data), users.offsets
         )
-    pred, scores = pred.double().numpy(), scores.double().numpy()
+    pred, scores = pred_t.double().numpy(), scores_t.double().numpy()
     for b in range(5):
         base = np.where(blocked[b].numpy(), -np.inf, scores[b])
         by_score = np.argsort(-base, kind="stable")

@@ -42,7 +42,7 @@ SPARSE_CONFIGS = {
 }
 
 
-def _step(model: Autoencoder, batch: tuple[torch.Tensor, ...], sparse: bool, seed: int):  # type: ignore[no-untyped-def]
+def _step(model: Autoencoder, batch: tuple[torch.Tensor, ...], sparse: bool, seed: int):
     """Loss parts, gradients and the parameters after one AdamW step (fixed random state)."""
     config = TrainConfig(lr=1e-2)
     optimizer = make_optimizer(model, config)
@@ -123,7 +123,7 @@ def test_pack_rows_matches_the_csr_rows() -> None:
         assert values[start:end].tolist() == ref.data.tolist()
 
 
-def test_fit_with_the_packed_objective_matches_the_dense_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_fit_with_the_packed_objective_matches_the_dense_one(monkeypatch) -> None:
     """Two epochs of ``fit`` on a model without wide paths: packed batches (the trainer's
     choice) against dense ones forced through the same objective wrapper."""
     train = random_ratings(n_users=48, n_items=30, density=0.3)
@@ -140,7 +140,7 @@ def test_fit_with_the_packed_objective_matches_the_dense_one(monkeypatch) -> Non
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_validation_from_packed_rows_matches_the_dense_pass(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_validation_from_packed_rows_matches_the_dense_pass(monkeypatch) -> None:
     train = random_ratings(n_users=48, n_items=30, density=0.3)
     fit_part, val_part = split_per_user(train, 0.3, seed=0)
     config = TrainConfig(eval_batch_size=7, device="cpu", progress=False)

@@ -43,11 +43,11 @@ def tiny_config(**changes: object) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def split():  # type: ignore[no-untyped-def]
+def split():
     return split_per_user(random_matrix(48, 30, density=0.35, seed=5), 0.2, seed=0)
 
 
-def test_training_loss_falls(split) -> None:  # type: ignore[no-untyped-def]
+def test_training_loss_falls(split) -> None:
     train, _ = split
     config = tiny_config(epochs=10, lr=0.01, model={"input_dropout": 0.0}, schedule="constant")
     _, history = fit(train, None, config)
@@ -56,7 +56,7 @@ def test_training_loss_falls(split) -> None:  # type: ignore[no-untyped-def]
     assert losses[-1] < 0.9 * losses[0]
 
 
-def test_best_epoch_is_restored_and_early_stopping_ends_the_run(split) -> None:  # type: ignore[no-untyped-def]
+def test_best_epoch_is_restored_and_early_stopping_ends_the_run(split) -> None:
     train, val = split
     # A learning rate far too high for this data: validation gets worse and training stops.
     config = tiny_config(epochs=30, lr=0.05, schedule="constant", patience=2, monitor="rmse")
@@ -69,7 +69,7 @@ def test_best_epoch_is_restored_and_early_stopping_ends_the_run(split) -> None: 
     assert best_metrics(history)["validation"]["rmse"] == history[best - 1]["val_rmse"]
 
 
-def test_same_seed_gives_the_same_weights(split) -> None:  # type: ignore[no-untyped-def]
+def test_same_seed_gives_the_same_weights(split) -> None:
     train, val = split
     a, _ = fit(train, val, tiny_config(epochs=2))
     b, _ = fit(train, val, tiny_config(epochs=2))
@@ -79,7 +79,7 @@ def test_same_seed_gives_the_same_weights(split) -> None:  # type: ignore[no-unt
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
-def test_epoch_log_is_one_json_line_per_epoch(split, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_epoch_log_is_one_json_line_per_epoch(split, tmp_path: Path) -> None:
     train, val = split
     log = tmp_path / "epochs.jsonl"
     seen: list[dict] = []
@@ -143,7 +143,7 @@ def test_presets_and_overrides(tmp_path: Path) -> None:
         preset("nope")
 
 
-def test_seed_preset_trains_the_tutorial_model(split) -> None:  # type: ignore[no-untyped-def]
+def test_seed_preset_trains_the_tutorial_model(split) -> None:
     train, val = split
     config = with_overrides(preset("seed"), {"epochs": 2, "progress": False, "device": "cpu"})
     model, history = fit(train, val, config)
@@ -154,7 +154,7 @@ def test_seed_preset_trains_the_tutorial_model(split) -> None:  # type: ignore[n
     assert history[-1]["val_rmse"] < 0.9 * cleared[-1]["val_rmse"]
 
 
-def test_train_from_store_writes_a_complete_checkpoint(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_train_from_store_writes_a_complete_checkpoint(database, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     movies = list(range(1, 21))
     ratings = [
@@ -178,7 +178,7 @@ def test_train_from_store_writes_a_complete_checkpoint(database, tmp_path: Path)
     assert len((result.path / "history.jsonl").read_text().splitlines()) == 2
 
 
-def test_finish_uses_the_validation_slice_then_refits_ease_on_every_rating(split) -> None:  # type: ignore[no-untyped-def]
+def test_finish_uses_the_validation_slice_then_refits_ease_on_every_rating(split) -> None:
     from ml.model import ease_weights
 
     train, val = split
@@ -205,7 +205,7 @@ def test_finish_uses_the_validation_slice_then_refits_ease_on_every_rating(split
     assert finish(model, train, val[:0], full, config) == {}
 
 
-def _tiny_store(database) -> None:  # type: ignore[no-untyped-def]
+def _tiny_store(database) -> None:
     rng = np.random.default_rng(1)
     ratings = [
         (u, m, float(rng.integers(1, 11)) / 2)
@@ -221,7 +221,7 @@ def _tiny_toml(tmp_path: Path) -> Path:
     return path
 
 
-def test_module_entry_point_writes_a_checkpoint(database, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_module_entry_point_writes_a_checkpoint(database, tmp_path: Path, capsys) -> None:
     from ml.train import main
 
     _tiny_store(database)
@@ -235,7 +235,7 @@ def test_module_entry_point_writes_a_checkpoint(database, tmp_path: Path, capsys
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_write_one_checkpoint(database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_torchrun_two_processes_write_one_checkpoint(database, tmp_path: Path) -> None:
     import subprocess
     import sys
 

@@ -94,7 +94,7 @@ def run_both(
         {"weight_decay": 0.0, "model": {"hidden": [6], "rating_weight": 2.0}},
     ],
 )
-def test_hand_written_loop_equals_autograd_loop(split, changes) -> None:  # type: ignore[no-untyped-def]
+def test_hand_written_loop_equals_autograd_loop(split, changes) -> None:
     train, val = split
     config = seed_config(**changes)
     for epoch in run_both(train, val, config, config, epochs=4):
@@ -108,14 +108,14 @@ def test_hand_written_loop_equals_autograd_loop(split, changes) -> None:  # type
     "changes",
     [{"weight_decay": 0.5 * (1 + 1e-6)}, {"lr": 0.01 * (1 + 1e-6)}, {"zero_grad": True}],
 )
-def test_the_comparison_sees_a_small_change_of_the_maths(split, changes) -> None:  # type: ignore[no-untyped-def]
+def test_the_comparison_sees_a_small_change_of_the_maths(split, changes) -> None:
     train, val = split
     config = seed_config()
     last = run_both(train, val, config, dataclasses.replace(config, **changes), epochs=2)[-1]
     assert last["params"] > 1e3 * TOLERANCE
 
 
-def test_fit_hands_the_seed_preset_to_the_hand_written_loop(split, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_fit_hands_the_seed_preset_to_the_hand_written_loop(split, monkeypatch, tmp_path) -> None:
     """End to end in float32: ml.train.fit through ml.tutorial against ml.train.fit's own loop,
     same history (keys, epochs, restored epoch, figures up to float32 rounding) and weights."""
     train, val = split
@@ -156,7 +156,7 @@ def test_fit_hands_the_seed_preset_to_the_hand_written_loop(split, monkeypatch, 
     assert all(p.is_contiguous() for p in fast.parameters())
 
 
-def test_only_the_tutorial_kind_of_training_is_handed_over(split) -> None:  # type: ignore[no-untyped-def]
+def test_only_the_tutorial_kind_of_training_is_handed_over(split) -> None:
     train, _ = split
     seed = seed_config()
     assert tutorial.supports(seed, Dist(), CPU, train)
