@@ -1,10 +1,11 @@
 """The service's CUDA path end to end: ``movierec train`` on CUDA (bf16 autocast) against the
 same command on CPU, then ``movierec serve`` on CUDA answering recommendations over HTTP.
 
-``python bench/gpu_service_check.py [--data DIR] [--requests 300] [--out FILE.json]``
+``python bench/gpu_service_check.py [--data DIR | --ratings R.csv --movies M.csv]
+[--requests 300] [--out FILE.json]``
 
-1. Builds a SQLite store in a scratch folder (``db upgrade``, ``data import DIR``, MovieLens-100K
-   by default from ``var/data/ml-100k``).
+1. Builds a SQLite store in a scratch folder (``db upgrade``, then ``data import DIR``,
+   MovieLens-100K by default from ``var/data/ml-100k``, or ``data import --ratings --movies``).
 2. Runs ``movierec train --device cuda`` (activated) and ``movierec train --device cpu
    --no-activate`` on the same data and reports each command's wall time and the validation line
    it printed.
@@ -23,6 +24,7 @@ import json
 import os
 import random
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -64,6 +66,14 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     }
 
 
+def store_ids(database_url: str) -> tuple[list[int], list[int]]:
+    """Ids of the users who have ratings and of every movie, from a SQLite store."""
+    with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+        users = [u for (u,) in conn.execute("SELECT DISTINCT user_id FROM ratings ORDER BY 1")]
+        movies = [m for (m,) in conn.execute("SELECT id FROM movies ORDER BY 1")]
+    return users, movies
+
+
 def serve_and_time(env: dict[str, str], device: str, port: int, requests: int) -> dict[str, Any]:
     """Start a server on ``device``, wait until ready, time user and visitor recommendations."""
     server_env = dict(env, MOVIEREC_DEVICE=device)
@@ -94,7 +104,8 @@ def serve_and_time(env: dict[str, str], device: str, port: int, requests: int) -
             else:
                 raise SystemExit("the server did not become ready in 120 s")
             rng = random.Random(0)
-            users = [rng.randint(1, 943) for _ in range(requests)]
+            stored, movies = store_ids(env["MOVIEREC_DATABASE_URL"])
+            users = [rng.choice(stored) for _ in range(requests)]
             for user in users[:20]:  # warm-up
                 client.get(f"/v1/users/{user}/recommendations").raise_for_status()
             user_ms = []
@@ -106,7 +117,7 @@ def serve_and_time(env: dict[str, str], device: str, port: int, requests: int) -
             sample = r.json()
             visitor_ms = []
             for _ in range(requests):
-                picks = rng.sample(range(1, 1683), 8)
+                picks = rng.sample(movies, min(8, len(movies)))
                 body = {
                     "ratings": [{"movie_id": m, "rating": rng.choice([1, 3, 5])} for m in picks]
                 }
@@ -131,11 +142,15 @@ def serve_and_time(env: dict[str, str], device: str, port: int, requests: int) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default="var/data/ml-100k", help="a MovieLens folder to import")
+    p.add_argument("--ratings", help="a ratings CSV to import instead (with --movies)")
+    p.add_argument("--movies", help="the movies CSV that goes with --ratings")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--out", help="also write the JSON report here")
     add_smoke_flag(p)
     args = p.parse_args(argv)
+    if bool(args.ratings) != bool(args.movies):
+        p.error("--ratings and --movies go together")
     accel = accelerator(args.smoke_on_cpu, "gpu_service_check")
     if accel is None:
         return 2
@@ -152,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             MOVIEREC_LOG_LEVEL="WARNING",
         )
         seconds, _ = run_cli(["db", "upgrade"], env)
-        seconds, _ = run_cli(["data", "import", args.data], env)
+        source = [args.data]
+        if args.ratings:
+            source = ["--ratings", args.ratings, "--movies", args.movies]
+        seconds, _ = run_cli(["data", "import", *source], env)
         report["import_s"] = round(seconds, 2)
         for name, device, extra in (("accel", accel, []), ("cpu", "cpu", ["--no-activate"])):
             seconds, out = run_cli(["train", "--device", device, *extra], env)
