@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import numpy as np
@@ -76,12 +76,20 @@ def store_ids(database_url: str) -> tuple[list[int], list[int]]:
 
 def serve_and_time(env: dict[str, str], device: str, port: int, requests: int) -> dict[str, Any]:
     """Start a server on ``device``, wait until ready, time user and visitor recommendations."""
+    # The server's log goes to a file: a pipe nobody reads while timing could fill and stall it.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        return _serve_and_time(env, device, port, requests, log)
+
+
+def _serve_and_time(
+    env: dict[str, str], device: str, port: int, requests: int, log: IO[str]
+) -> dict[str, Any]:
     server_env = dict(env, MOVIEREC_DEVICE=device)
     proc = subprocess.Popen(
         [*CLI, "serve", "--no-worker", "--host", "127.0.0.1", "--port", str(port)],
         env=server_env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -97,9 +105,8 @@ def serve_and_time(env: dict[str, str], device: str, port: int, requests: int) -
                 except httpx.TransportError:
                     pass
                 if proc.poll() is not None:
-                    raise SystemExit(
-                        f"serve exited early:\n{proc.stderr.read() if proc.stderr else ''}"
-                    )
+                    log.seek(0)
+                    raise SystemExit(f"serve exited early:\n{log.read()}")
                 time.sleep(0.5)
             else:
                 raise SystemExit("the server did not become ready in 120 s")
