@@ -68,8 +68,11 @@ def test_fold_in_equals_the_direct_ridge_solution_in_both_forms() -> None:
         np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("grouped", [None, True])
 @pytest.mark.parametrize("with_gram", [False, True])
-def test_fold_in_of_one_user_alone_equals_the_batched_solve(with_gram: bool) -> None:
+def test_fold_in_of_one_user_alone_equals_the_batched_solve(
+    with_gram: bool, grouped: bool | None
+) -> None:
     rng = np.random.default_rng(1)
     n_items, d, lam = 40, 8, 0.7
     codes = torch.from_numpy(rng.random((n_items, d)).astype(np.float32))
@@ -91,7 +94,8 @@ def test_fold_in_of_one_user_alone_equals_the_batched_solve(with_gram: bool) -> 
     indices = torch.from_numpy(np.concatenate(rated).astype(np.int64))
     values = torch.from_numpy(np.concatenate(resid))
     lengths = [len(r) for r in rated]
-    alpha = fold_in_duals(codes, indices, values, lengths, lam, gram)
+    # grouped=None on the CPU: every user solved alone; True: the accelerator's padded groups
+    alpha = fold_in_duals(codes, indices, values, lengths, lam, gram, grouped)
     vectors = fold_in_codes(codes, indices, values, lengths, lam, gram)
     start = 0
     for u, (cols, y) in enumerate(zip(rated, resid, strict=True)):
