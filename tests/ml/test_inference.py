@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from ml.checkpoint import save
-from ml.inference import Recommender, Scored
+from ml.checkpoint import load, save
+from ml.inference import HalfLinear, Recommender, Scored, half_linear_available
+from ml.model import Autoencoder
 from ml.train import TrainConfig, fit
 from tests.ml.test_checkpoint import TINY
 from tests.ml.test_data import random_matrix
@@ -160,11 +162,17 @@ def test_round_trip_through_two_loads_gives_identical_scores(ckpt: Path) -> None
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def test_top_k_rows_agrees_with_recommend_for_each_row(rec: Recommender) -> None:
+@pytest.mark.parametrize("shared", [None, "everything", "some"])
+def test_top_k_rows_agrees_with_recommend_for_each_row(
+    rec: Recommender, shared: str | None
+) -> None:
     users = [USER, {1006: 2.0, 1009: 5.0}, {1012: 4.0}]
     everything = np.ones(rec.n_items, dtype=bool)
     some = rec.movie_ids % 2 == 0
+    # a mask per user, or one mask object for the batch (no filter, or one filter)
     masks = [everything, some, everything]
+    if shared is not None:
+        masks = [everything if shared == "everything" else some] * len(users)
     rows = [rec._encode(u) for u in users]
     got = rec.top_k_rows(rows, [5, 3, 40], masks)
     for user, mask, k, (movie_ids, scores, preds) in zip(
@@ -176,7 +184,8 @@ def test_top_k_rows_agrees_with_recommend_for_each_row(rec: Recommender) -> None
         assert preds.tolist() == pytest.approx([e.predicted_rating for e in expected], rel=1e-5)
         assert not set(movie_ids.tolist()) & set(user)
         assert all(mask[rec.columns(movie_ids)])
-    assert len(got[2][0]) == rec.n_items - 1  # all but the rated movie, never more
+    # all the allowed movies but the rated one, never more
+    assert len(got[2][0]) == masks[2].sum() - masks[2][rec.columns([1012])].sum()
     with pytest.raises(ValueError, match="shape"):
         rec.top_k_rows(rows[:1], [3], [np.ones(3, dtype=bool)])
 
@@ -191,6 +200,59 @@ def test_bfloat16_weights_give_nearly_the_same_answers(rec: Recommender, ckpt: P
     assert np.abs(pred - full_pred).max() < 0.1  # bfloat16 keeps about 3 significant digits
     assert np.corrcoef(scores, full_scores)[0, 1] > 0.99
     assert not set(ids(half.recommend(USER, n=10))) & set(USER)
+
+
+needs_half = pytest.mark.skipif(
+    not half_linear_available(), reason="fbgemm's float16 kernels are x86-only"
+)
+
+
+@needs_half
+def test_half_linear_is_the_float32_layer_with_float16_weights() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 300)
+    half = HalfLinear(layer)
+    x = torch.randn(5, 16)
+    with torch.inference_mode():
+        got, want = half(x), layer(x)
+        rounded = torch.nn.functional.linear(x, layer.weight.half().float(), layer.bias)
+    assert got.dtype == torch.float32 and got.shape == (5, 300)
+    # exactly the float16-rounded weights' product, up to float32 summation order
+    torch.testing.assert_close(got, rounded, rtol=1e-5, atol=1e-5)
+    assert 0 < (got - want).abs().max() < 1e-2
+
+
+@needs_half
+def test_float16_head_keeps_rankings_and_every_predicted_rating(
+    rec: Recommender, ckpt: Path
+) -> None:
+    half = Recommender.from_checkpoint(ckpt, device="cpu", precision="float16")
+    assert half.precision == "float16"
+    assert isinstance(half.model.ranking_head, HalfLinear)
+    # every other weight stays float32
+    assert all(p.dtype == torch.float32 for p in half.model.parameters())
+    users = [USER, {1003: 2.0}, {}, {m: 4.0 for m in MOVIE_IDS[::2].tolist()}]
+    for user in users:
+        want = {s.movie_id: s for s in rec.recommend(user, n=N_ITEMS)}
+        got = half.recommend(user, n=N_ITEMS)
+        assert {g.movie_id for g in got} == set(want)
+        for g in got:  # the same scores, up to the weights' rounding
+            assert g.score == pytest.approx(want[g.movie_id].score, abs=1e-3)
+            # the rating paths read no ranking-head weight: ratings are the float32 ones
+            assert g.predicted_rating == want[g.movie_id].predicted_rating
+        # the same order, but among near-ties (the tiny model has many)
+        true_scores = [want[g.movie_id].score for g in got]
+        assert all(b <= a + 2e-3 for a, b in itertools.pairwise(true_scores))
+
+
+def test_float16_needs_a_ranking_head_and_a_cpu(ckpt: Path) -> None:
+    manifest, state = load(ckpt)
+    model = Autoencoder.from_architecture(manifest["architecture"])
+    model.load_state_dict(state)
+    model.ranking_head = None  # a rating-only model
+    with pytest.raises(ValueError, match="ranking head"):
+        Recommender(model, manifest, ckpt, torch.device("cpu"), precision="float16")
+    assert Recommender(model, manifest, ckpt, torch.device("cpu"), "auto").precision == "float32"
 
 
 def test_precision_auto_keeps_float32_for_small_catalogues_and_bad_names_fail(ckpt: Path) -> None:
