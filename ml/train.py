@@ -128,7 +128,19 @@ def _seed_preset() -> TrainConfig:
     )
 
 
-PRESETS: dict[str, TrainConfig] = {"default": TrainConfig(), "seed": _seed_preset()}
+def _fast_preset() -> TrainConfig:
+    """The default without the item-code path: no item-row autoencoder to train and no
+    per-request fold-in (a Cholesky solve over each user's rated movies, the largest part of
+    scoring a user on MovieLens-100K). Cheaper to serve and to train, at a higher rating error
+    (figures in docs/model.md); the ranking keeps the default's EASE scores and re-ranking."""
+    return TrainConfig(preset="fast", model=ModelConfig(item_codes=0))
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "default": TrainConfig(),
+    "fast": _fast_preset(),
+    "seed": _seed_preset(),
+}
 
 
 def preset(name: str) -> TrainConfig:

@@ -60,7 +60,7 @@ def train(
     config_file: Path | None = typer.Option(
         None, "--config", help="JSON or TOML file of TrainConfig overrides."
     ),
-    preset_name: str = typer.Option("default", "--preset", help="default or seed."),
+    preset_name: str = typer.Option("default", "--preset", help="default, fast or seed."),
     no_activate: bool = typer.Option(False, "--no-activate", help="Register only."),
     if_no_model: bool = typer.Option(
         False, "--if-no-model", help="Do nothing when a model is already active."

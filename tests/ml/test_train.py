@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -127,7 +128,11 @@ def test_presets_and_overrides(tmp_path: Path) -> None:
     assert seed.model.ranking_loss == "none" and seed.batch_size == 1
     assert (seed.optimizer, seed.lr, seed.weight_decay, seed.epochs) == ("rmsprop", 0.01, 0.5, 200)
     assert not seed.zero_grad
-    assert set(PRESETS) >= {"default", "seed"}
+    assert set(PRESETS) >= {"default", "fast", "seed"}
+    fast, default = preset("fast"), preset("default")
+    assert fast.model.item_codes == 0 and default.model.item_codes > 0  # the one difference
+    assert fast.preset == "fast"
+    assert dataclasses.replace(fast, preset="default", model=default.model) == default
     toml = tmp_path / "c.toml"
     toml.write_text('epochs = 3\n[model]\nhidden = [4]\nactivation = "relu"\n')
     config = with_overrides(preset("default"), read_config_file(toml))
