@@ -23,9 +23,11 @@ that the effect of each change is measured side by side in one run on the same m
 variables); the default, ``computed:MOVIEREC_RESULT_MEMO_SIZE=0,default:``, measures every
 answer computed (the result memo off) and the default server, whose memo answers the requests
 for users asked before (the Lua script draws from every user, so after a warm-up most are
-repeats when the memo holds them all); ``--workers N`` starts N uvicorn
-worker processes (the ping endpoint gets the same server). ``--rounds R`` repeats every
-(tree, configuration) R times, interleaved, and keeps every run.
+repeats when the memo holds them all). ``--versions V1,V2`` serves each of those registered
+model versions in turn (e.g. one trained with ``movierec train --preset fast --no-activate``
+into the benchmark's store); ``--workers N`` starts N uvicorn worker processes (the ping
+endpoint gets the same server). ``--rounds R`` repeats every (tree, configuration) R times,
+interleaved, and keeps every run.
 
 Besides wrk's figures, each run records the server's CPU time per request (user + system of
 the server process and its workers, from /proc, over the wrk run): on a shared machine it moves
@@ -367,6 +369,10 @@ def measure(
             scenario.folder, base, ids, half, duration, connections, pid
         )
         results["ratio"] = round(results["recommendations"]["rps"] / results["ping"]["rps"], 3)
+        cpu_ping = results["ping"].get("server_cpu_us_per_request")
+        cpu_recs = results["recommendations"].get("server_cpu_us_per_request")
+        if cpu_ping and cpu_recs:  # the same ratio per CPU-second of the server: less noisy
+            results["cpu_ratio"] = round(cpu_ping / cpu_recs, 3)
         with urllib.request.urlopen(f"{base}/readyz") as r:
             results["model_version"] = json.load(r)["model"]["version"]
         scenario.results[label] = results
@@ -378,11 +384,14 @@ def markdown(scenarios: list[Scenario], duration: int, connections: int) -> str:
     rows = [
         f"wrk -t1 -c{connections} -d{duration}s; `movierec serve --no-worker --workers N`,"
         " SQLite store, CPU, torch 1 thread per process, log level WARNING. cpu µs/req: CPU"
-        " time of the server's processes per request answered.",
+        " time of the server's processes per request answered. ratio: recs req/s over ping"
+        " req/s; cpu ratio: ping cpu µs/req over recs cpu µs/req (the ratio the server would"
+        " reach with the CPU to itself; it moves far less on a shared machine).",
         "",
         "| catalogue | run | ping req/s | ping cpu µs/req | recs req/s | recs cpu µs/req "
-        "| mean batch | ratio | recs p50 / p99 ms | half rate: achieved req/s | p50 / p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mean batch | ratio | cpu ratio | recs p50 / p99 ms | half rate: achieved req/s "
+        "| p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scenarios:
         for code, r in s.results.items():
@@ -390,7 +399,7 @@ def markdown(scenarios: list[Scenario], duration: int, connections: int) -> str:
             rows.append(
                 f"| {s.name} | {code} | {p['rps']:.0f} | {p.get('server_cpu_us_per_request', '')}"
                 f" | {q['rps']:.0f} | {q.get('server_cpu_us_per_request', '')}"
-                f" | {r.get('mean_batch', '')} | {r['ratio']:.2f}"
+                f" | {r.get('mean_batch', '')} | {r['ratio']:.2f} | {r.get('cpu_ratio', '')}"
                 f" | {q['p50_ms']:.1f} / {q['p99_ms']:.1f}"
                 f" | {h['rps']:.0f} (target {h['target_rps']:.0f})"
                 f" | {h['p50_ms']:.1f} / {h['p99_ms']:.1f} |"
@@ -454,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--activate", type=int, help="model version to activate before serving (one catalogue)"
     )
+    p.add_argument(
+        "--versions",
+        help="V1,V2,...: serve each of these model versions in turn (activated before each run, "
+        "one catalogue; e.g. models trained with another preset)",
+    )
     args = p.parse_args(argv)
     trees = parse_trees(args.trees)
     configs = parse_configs(args.configs)
@@ -506,27 +520,36 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     scenarios = [known[name] for name in args.catalogues.split(",")]
+    versions: list[int | None] = [None]
+    if args.versions:
+        versions = [int(v) for v in args.versions.split(",")]
+        if len(scenarios) != 1:
+            p.error("--versions needs exactly one catalogue")
     for scenario in scenarios:
         build_store(scenario, args.rebuild, trees[-1][1])  # a model the newest code reads
         if args.activate is not None:
             activate(scenario, args.activate)
         for round_ in range(1, args.rounds + 1):
-            for tree_label, tree in trees:
-                for config_label, extra_env in configs:
-                    label = "+".join(x for x in (tree_label, config_label) if x)
-                    if args.workers != 1:
-                        label += f" ({args.workers} workers)"
-                    if args.rounds > 1:
-                        label += f" #{round_}"
-                    measure(
-                        scenario,
-                        args.duration,
-                        args.connections,
-                        label,
-                        tree,
-                        workers=args.workers,
-                        extra_env=extra_env,
-                    )
+            for version in versions:
+                if version is not None:
+                    activate(scenario, version)
+                for tree_label, tree in trees:
+                    for config_label, extra_env in configs:
+                        parts = (f"v{version}" if version else "", tree_label, config_label)
+                        label = "+".join(x for x in parts if x)
+                        if args.workers != 1:
+                            label += f" ({args.workers} workers)"
+                        if args.rounds > 1:
+                            label += f" #{round_}"
+                        measure(
+                            scenario,
+                            args.duration,
+                            args.connections,
+                            label,
+                            tree,
+                            workers=args.workers,
+                            extra_env=extra_env,
+                        )
         print(json.dumps(scenario.results, indent=2), flush=True)
     out = args.dir / "serve-results.json"
     out.write_text(json.dumps({s.name: asdict(s)["results"] for s in scenarios}, indent=2))
