@@ -520,8 +520,8 @@ def fold_in_duals(
     solution gives α = (y_u − H_R w_u) / λ (from (H_RᵀH_R + λI) w_u = H_Rᵀ y_u). On the CPU, and
     for a batch of one user, each user is solved as they are; larger batches on an accelerator
     in groups (``_fold_in_groups``), each one batched Cholesky solve over users padded with
-    zero rows, which leaves the solutions exact (a zero
-    row adds nothing to H_Rᵀ H_R, and in the dual its α is 0).
+    zero rows, which leaves the solutions exact (a zero row adds nothing to H_Rᵀ H_R, and in
+    the dual its α is 0).
     With ``item_gram`` (I × I, = codes @ codesᵀ, precomputed once) the dual's H_R H_Rᵀ is
     gathered from it rather than multiplied out (n_u² · d operations saved per user).
     ``grouped`` forces the batched groups (True) or the one-user solves (False) on any device
