@@ -133,8 +133,9 @@ def build_store(scenario: Scenario, rebuild: bool, tree: Path | None = None) -> 
     train(scenario, only_if_no_model=True, tree=tree)
 
 
-def activate(scenario: Scenario, version: int) -> None:
-    """Make ``version`` the active model of the scenario's store (the registry's own step)."""
+def activate(scenario: Scenario, version: int) -> int | None:
+    """Make ``version`` the active model of the scenario's store (the registry's own step);
+    returns the version that was active before (None: none)."""
     from sqlalchemy.orm import Session
 
     from app.db.session import make_engine
@@ -143,10 +144,13 @@ def activate(scenario: Scenario, version: int) -> None:
     engine = make_engine(scenario.url)
     try:
         with Session(engine) as session, session.begin():
+            before = registry.active_version(session)
+            previous = None if before is None else int(before.id)
             registry.activate(session, version)
     finally:
         engine.dispose()
     print(f"model version {version} activated", flush=True)
+    return previous
 
 
 def user_ids(scenario: Scenario, limit: int = 5000) -> list[int]:
@@ -529,10 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         build_store(scenario, args.rebuild, trees[-1][1])  # a model the newest code reads
         if args.activate is not None:
             activate(scenario, args.activate)
+        restore = None
         for round_ in range(1, args.rounds + 1):
             for version in versions:
                 if version is not None:
-                    activate(scenario, version)
+                    previous = activate(scenario, version)
+                    restore = previous if restore is None else restore
                 for tree_label, tree in trees:
                     for config_label, extra_env in configs:
                         parts = (f"v{version}" if version else "", tree_label, config_label)
@@ -550,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                             workers=args.workers,
                             extra_env=extra_env,
                         )
+        if restore is not None:  # --versions: the store's active model as it was
+            activate(scenario, restore)
         print(json.dumps(scenario.results, indent=2), flush=True)
     out = args.dir / "serve-results.json"
     out.write_text(json.dumps({s.name: asdict(s)["results"] for s in scenarios}, indent=2))
