@@ -82,8 +82,8 @@ Loader = Callable[[str, str], RecommenderLike]
 def load_checkpoint(path: str, device: str) -> RecommenderLike:
     """Load and verify a checkpoint with ``ml.inference`` (imported here: torch loads lazily).
 
-    ``precision="auto"``: bfloat16 weights for large catalogues where this CPU computes them
-    faster (measured at load), float32 otherwise.
+    ``precision="auto"``: for large catalogues on a CPU, a float16 ranking head (or bfloat16
+    weights) where this CPU computes it faster (measured at load), float32 otherwise.
     """
     from ml.inference import Recommender
 
