@@ -457,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="training epochs (speed, not quality)")
     p.add_argument("--synth-users", type=int, default=2000)
     p.add_argument("--synth-ratings", type=int, default=200_000)
+    p.add_argument(
+        "--synth-movies", type=int, default=87_000, help="catalogue size of synth87k (tests: less)"
+    )
     p.add_argument("--rebuild", action="store_true", help="rebuild stores and models")
     p.add_argument("--trees", help="LABEL=DIR,...: serve from these source trees in turn")
     p.add_argument(
@@ -502,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             args.epochs,
         ),
         "synth87k": Scenario(
-            "synthetic (87,000 movies)",
+            f"synthetic ({args.synth_movies:,} movies)",
             args.dir / "synth87k",
             [
                 [
@@ -512,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--users",
                     str(args.synth_users),
                     "--movies",
-                    "87000",
+                    str(args.synth_movies),
                     "--ratings",
                     str(args.synth_ratings),
                     "--seed",
