@@ -487,6 +487,8 @@ class ModelHolder:
         if self.state is not None:
             device = getattr(self.state.recommender, "device", None)
             report["device"] = str(device) if device is not None else None
+            # float32, or what precision="auto" chose at load for a large catalogue
+            report["precision"] = getattr(self.state.recommender, "precision", "float32")
         if self.last_failure is not None:
             report["last_failure"] = {
                 "version": self.last_failure.version_id,

@@ -33,6 +33,7 @@ def test_readyz_ready_with_a_model(client: TestClient, served) -> None:
     assert r.status_code == 200
     assert r.json()["model"]["version"] == served.version_id and r.json()["database"]["ok"]
     assert r.json()["model"]["device"] == "cpu"
+    assert r.json()["model"]["precision"] == "float32"  # a small catalogue: float32 throughout
 
 
 def test_readyz_503_without_a_model(bare_client: TestClient) -> None:

@@ -15,7 +15,8 @@ class Readiness(BaseModel):
     status: str = Field(description="`ready`, or `not ready` when a part failed.")
     database: dict[str, Any] = Field(description="`ok` and the error when it is not.")
     model: dict[str, Any] = Field(
-        description="Loaded version, the device it runs on and the last load failure."
+        description="Loaded version, the device it runs on, the weights' precision and the "
+        "last load failure."
     )
 
 
