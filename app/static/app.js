@@ -816,8 +816,20 @@ function viewAdmin() {
   );
 }
 
-/** "Retrain now", with optional epochs (the preset's when empty); `queued()` after success. */
+/** The training presets the page offers (the API accepts every name in `ml.train.PRESETS`). */
+const PRESETS = [
+  ["default", "default: best ratings"],
+  ["fast", "fast: cheaper to serve"],
+];
+
+/** "Retrain now", with a preset and optional epochs (the preset's when empty); `queued()` after
+ * success. */
 function retrainForm(queued) {
+  const preset = h(
+    "select",
+    { id: "preset" },
+    ...PRESETS.map(([value, label]) => h("option", { value }, label)),
+  );
   const epochs = h("input", {
     type: "number",
     id: "epochs",
@@ -832,7 +844,9 @@ function retrainForm(queued) {
     const button = e.currentTarget.querySelector("button");
     button.disabled = true;
     try {
-      const job = await api.retrain(epochs.value ? { epochs: Number(epochs.value) } : {});
+      const body = epochs.value ? { epochs: Number(epochs.value) } : {};
+      if (preset.value !== "default") body.preset = preset.value;
+      const job = await api.retrain(body);
       out.replaceChildren();
       announce(`Retrain queued as job ${job.id}`);
       queued();
@@ -845,6 +859,8 @@ function retrainForm(queued) {
   return h(
     "form",
     { class: "save", onsubmit: submit },
+    h("label", { for: "preset" }, "Preset"),
+    preset,
     h("label", { for: "epochs" }, "Epochs"),
     epochs,
     h("button", { type: "submit" }, "Retrain now"),
@@ -868,6 +884,7 @@ function jobRow(j) {
       "td",
       {},
       h("span", { class: `state ${j.status}` }, j.status),
+      j.params?.preset ? h("span", { class: "meta" }, ` ${j.params.preset} preset`) : null,
       j.error ? h("p", { class: "error" }, j.error) : null,
       j.message ? h("p", { class: "meta" }, j.message) : null,
     ),

@@ -320,10 +320,12 @@ def test_admin_lists_models_and_follows_a_retrain(
     curve.wait_for()
     page.wait_for_function("() => document.querySelector('#curve img').naturalWidth > 0")
 
+    page.get_by_label("Preset").select_option("fast")
     page.get_by_label("Epochs").fill("2")
     page.get_by_role("button", name="Retrain now").click()
     jobs = page.get_by_test_id("jobs")
     expect(jobs).to_contain_text("queued")  # no worker runs beside this server yet
+    expect(jobs.locator("tbody tr").first).to_contain_text("fast preset")
     # A worker picks the job up; the page follows it by polling, without a reload.
     worker = subprocess.run(
         ["movierec", "worker", "--once"],
