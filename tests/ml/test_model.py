@@ -18,6 +18,7 @@ from ml.model import (
     ease_weights,
     residual_matrix,
     ridge_item_weights,
+    top_k_columns,
     tune_ease_lambda,
     tune_ridge_lambda,
 )
@@ -322,3 +323,25 @@ def test_refitting_closed_form_paths_checks_the_catalogue() -> None:
     model = Autoencoder.from_data(random_ratings(), ModelConfig(hidden=(8,)))
     with pytest.raises(ValueError, match="30"):
         model.fit_closed_form_paths(random_ratings(24, 12))
+
+
+@pytest.mark.parametrize("n_cols", [50, 87_000, 87_001])
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_top_k_columns_is_topk(n_cols: int, k: int) -> None:
+    gen = torch.Generator().manual_seed(n_cols + k)
+    scores = torch.randn(5, n_cols, generator=gen)
+    scores[:, ::7] = -torch.inf  # blocked columns
+    values, cols = top_k_columns(scores, k)
+    want = torch.topk(scores, k, dim=1)
+    assert torch.equal(values, want.values) and torch.equal(cols, want.indices)
+
+
+def test_top_k_columns_with_fewer_allowed_columns_than_k() -> None:
+    scores = torch.full((3, 87_001), -torch.inf)  # 87,001: the last chunk is padded
+    scores[0, [5, 87_000]] = torch.tensor([2.0, 3.0])
+    scores[1, 40_000] = 1.0  # row 2: nothing allowed
+    values, cols = top_k_columns(scores, 10)
+    want = torch.topk(scores, 10, dim=1)
+    assert torch.equal(values, want.values)  # the same values, −inf in the tail
+    assert cols[0, :2].tolist() == [87_000, 5] and cols[1, 0].item() == 40_000
+    assert int(cols.max()) < scores.shape[1]  # never a padding column
