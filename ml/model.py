@@ -325,26 +325,29 @@ def _clearly_better(values: np.ndarray, reference: np.ndarray | None) -> bool:
 
 def top_k_columns(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``torch.topk(scores, k, dim=1)`` as (values, indices) (B, k), best first, for rows of
-    scores; on wide rows in two passes: the row cut into chunks of ``TOP_K_CHUNK`` columns,
-    the k chunks with the largest maxima kept, and the top k of their k · chunk columns taken.
+    scores; on wide rows in two passes: the row's leading columns cut into chunks of
+    ``TOP_K_CHUNK`` (a view, no copy), the k chunks with the largest maxima kept, and the top k
+    taken among their k · chunk columns and the few columns past the last whole chunk.
     Exact: a chunk holding one of the row's k best values has a maximum at least that large,
     so it is among the k chunks with the largest maxima. Only ties may pick other columns.
-    On an 87,000-column batch of 8, k = 10: 0.6 ms against 2.0 ms for one ``torch.topk``."""
+    On an 87,000-column batch of 8, k = 10: about 0.6 ms against 2.0 ms for ``torch.topk``."""
     n_b, n = scores.shape
-    n_chunks = -(-n // TOP_K_CHUNK)
+    n_chunks = n // TOP_K_CHUNK
     if k <= 0 or n_chunks < 4 * k:  # narrow rows: one pass is as fast
         top = torch.topk(scores, k, dim=1)
         return top.values, top.indices
-    pad = n_chunks * TOP_K_CHUNK - n
-    padded = F.pad(scores, (0, pad), value=-torch.inf) if pad else scores
-    chunks = padded.reshape(n_b, n_chunks, TOP_K_CHUNK)
+    whole = n_chunks * TOP_K_CHUNK
+    chunks = scores[:, :whole].view(n_b, n_chunks, TOP_K_CHUNK)  # rows are contiguous
     best = torch.topk(chunks.amax(2), k, dim=1).indices  # (B, k) chunks
     picked = chunks.gather(1, best.unsqueeze(2).expand(n_b, k, TOP_K_CHUNK))  # (B, k, chunk)
-    top = torch.topk(picked.reshape(n_b, k * TOP_K_CHUNK), k, dim=1)
-    cols = best.gather(1, top.indices // TOP_K_CHUNK) * TOP_K_CHUNK + top.indices % TOP_K_CHUNK
-    # A row with fewer than k values above −inf fills its tail with −inf columns, as topk does;
-    # those may be padding columns here: clamped, so that every column exists.
-    return top.values, cols.clamp_(max=n - 1)
+    within = torch.arange(TOP_K_CHUNK, device=scores.device)
+    cols = (best.unsqueeze(2) * TOP_K_CHUNK + within).reshape(n_b, k * TOP_K_CHUNK)
+    values = picked.reshape(n_b, k * TOP_K_CHUNK)
+    if whole < n:  # the columns past the last whole chunk are always candidates
+        tail = torch.arange(whole, n, device=scores.device).expand(n_b, -1)
+        values, cols = torch.cat([values, scores[:, whole:]], 1), torch.cat([cols, tail], 1)
+    top = torch.topk(values, k, dim=1)
+    return top.values, cols.gather(1, top.indices)
 
 
 def ranks_as_scores(cols: np.ndarray, vals: np.ndarray, n_items: int) -> np.ndarray:

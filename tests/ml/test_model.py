@@ -337,11 +337,11 @@ def test_top_k_columns_is_topk(n_cols: int, k: int) -> None:
 
 
 def test_top_k_columns_with_fewer_allowed_columns_than_k() -> None:
-    scores = torch.full((3, 87_001), -torch.inf)  # 87,001: the last chunk is padded
+    scores = torch.full((3, 87_001), -torch.inf)  # 87,001: columns past the last whole chunk
     scores[0, [5, 87_000]] = torch.tensor([2.0, 3.0])
     scores[1, 40_000] = 1.0  # row 2: nothing allowed
     values, cols = top_k_columns(scores, 10)
     want = torch.topk(scores, 10, dim=1)
     assert torch.equal(values, want.values)  # the same values, −inf in the tail
     assert cols[0, :2].tolist() == [87_000, 5] and cols[1, 0].item() == 40_000
-    assert int(cols.max()) < scores.shape[1]  # never a padding column
+    assert int(cols.max()) < scores.shape[1]
