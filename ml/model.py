@@ -337,7 +337,7 @@ def top_k_columns(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         top = torch.topk(scores, k, dim=1)
         return top.values, top.indices
     whole = n_chunks * TOP_K_CHUNK
-    chunks = scores[:, :whole].view(n_b, n_chunks, TOP_K_CHUNK)  # rows are contiguous
+    chunks = scores[:, :whole].reshape(n_b, n_chunks, TOP_K_CHUNK)  # a view of contiguous rows
     best = torch.topk(chunks.amax(2), k, dim=1).indices  # (B, k) chunks
     picked = chunks.gather(1, best.unsqueeze(2).expand(n_b, k, TOP_K_CHUNK))  # (B, k, chunk)
     within = torch.arange(TOP_K_CHUNK, device=scores.device)
