@@ -326,8 +326,9 @@ def _clearly_better(values: np.ndarray, reference: np.ndarray | None) -> bool:
 def top_k_columns(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``torch.topk(scores, k, dim=1)`` as (values, indices) (B, k), best first, for rows of
     scores; on wide rows in two passes: the row's leading columns cut into chunks of
-    ``TOP_K_CHUNK`` (a view, no copy), the k chunks with the largest maxima kept, and the top k
-    taken among their k · chunk columns and the few columns past the last whole chunk.
+    ``TOP_K_CHUNK`` (a view when rows are contiguous), the k chunks with the largest maxima
+    kept, and the top k taken among their k · chunk columns and the few columns past the last
+    whole chunk.
     Exact: a chunk holding one of the row's k best values has a maximum at least that large,
     so it is among the k chunks with the largest maxima. Only ties may pick other columns.
     On an 87,000-column batch of 8, k = 10: about 0.6 ms against 2.0 ms for ``torch.topk``."""
