@@ -145,17 +145,17 @@ class Recommender:
             self.model.to(torch.bfloat16)
         elif self.precision == "float16":
             # (a module of the same interface: forward (B, h) → (B, I) float32)
-            self.model.ranking_head = HalfLinear(self._wide_head())  # type: ignore[assignment]
+            ranking = self._ranking_layer()
+            assert ranking is not None  # checked by _choose_precision
+            self.model.ranking_head = HalfLinear(ranking)  # type: ignore[assignment]
         if getattr(self.model, "item_code", None) is not None:
             # The item-code fold-in gathers from H Hᵀ (I × I): computed now, not on a request.
             self.model._item_code_gram()
 
-    def _wide_head(self) -> torch.nn.Linear:
-        """The full-width output layer of the ranking pass: the ranking head (I outputs)."""
+    def _ranking_layer(self) -> torch.nn.Linear | None:
+        """The ranking head when the model has one (an ``nn.Linear``), else None."""
         head = getattr(self.model, "ranking_head", None)
-        if not isinstance(head, torch.nn.Linear):
-            raise ValueError("float16 precision needs a model with a ranking head")
-        return head
+        return head if isinstance(head, torch.nn.Linear) else None
 
     def _choose_precision(self, precision: str) -> str:
         """The weights' precision; ``auto`` picks, for a large catalogue on a CPU, what the
@@ -168,9 +168,8 @@ class Recommender:
         - ``bfloat16``: every weight cast; rankings move only among near-ties (top-10 overlap
           0.98 and predicted ratings within 0.05 on the 87,000-movie benchmark catalogue);
         - ``float32``: unless one of them takes under 0.7 of its time."""
-        if precision == "float16" and not isinstance(
-            getattr(self.model, "ranking_head", None), torch.nn.Linear
-        ):
+        ranking = self._ranking_layer()
+        if precision == "float16" and ranking is None:
             raise ValueError("float16 precision needs a model with a ranking head")
         if precision == "float16" and (self.device.type != "cpu" or not half_linear_available()):
             raise ValueError("float16 precision needs fbgemm's float16 kernels (an x86 CPU)")
@@ -178,16 +177,14 @@ class Recommender:
             return precision
         if self.device.type != "cpu" or self.n_items < BF16_MIN_ITEMS:
             return "float32"
-        head = getattr(self.model, "ranking_head", None) or self.model.rating_head
+        head = ranking if ranking is not None else self.model.rating_head
         layers: dict[str, torch.nn.Module] = {
             "float32": head,
             "bfloat16": torch.nn.Linear(head.in_features, head.out_features).to(torch.bfloat16),
         }
         layers["bfloat16"].load_state_dict(head.state_dict())
-        if isinstance(getattr(self.model, "ranking_head", None), torch.nn.Linear) and (
-            half_linear_available()
-        ):
-            layers["float16"] = HalfLinear(head)
+        if ranking is not None and half_linear_available():
+            layers["float16"] = HalfLinear(ranking)
         timings = {}
         with torch.inference_mode():
             for name, layer in layers.items():
