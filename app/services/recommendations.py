@@ -26,7 +26,9 @@ NO_MODEL_DETAIL = (
 )
 
 
-@dataclass(frozen=True)
+# Slotted: answers live on in the result memo, and an instance without a __dict__ is one object
+# fewer for the garbage collector to walk (and about half the memory).
+@dataclass(frozen=True, slots=True)
 class Filters:
     """What a recommendation list may contain."""
 
@@ -36,7 +38,7 @@ class Filters:
     exclude: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     movie_id: int
     title: str
@@ -46,7 +48,7 @@ class Item:
     predicted_rating: float | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Recommendations:
     model_version: int
     source: str  # "model" or "popular"

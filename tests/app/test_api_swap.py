@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -104,3 +106,20 @@ def test_the_catalogue_is_reloaded_when_movies_are_added(client: TestClient, ser
     # A movie the model has never seen is accepted in a visitor's ratings and never recommended.
     items = client.post("/v1/recommendations", json={**body, "n": 100}).json()["items"]
     assert 31 not in {i["movie_id"] for i in items}
+
+
+def test_start_up_objects_are_frozen_and_a_swapped_out_model_is_collected(
+    client: TestClient, served, tiny_model, tmp_path: Path
+) -> None:
+    # The lifespan froze what was alive at start, so full collections skip it ...
+    assert gc.get_freeze_count() > 0
+    first = client.app.state.holder.state.recommender  # type: ignore[attr-defined]
+    # ... but the model was loaded after the freeze: the collector still sees it
+    assert any(o is first for o in gc.get_objects())
+    gone = weakref.ref(first)
+    del first
+    second = register_result(served.url, copy_checkpoint(tiny_model, tmp_path), activate=False)
+    activate_in_store(served, second)
+    wait_for_version(client, second)
+    gc.collect()
+    assert gone() is None  # the swapped-out model is freed

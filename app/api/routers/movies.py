@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -60,5 +61,5 @@ async def similar_movies(
     return SimilarOut(
         movie_id=movie_id,
         model_version=result.model_version,
-        items=[RecommendedMovie(**vars(item)) for item in result.items],
+        items=[RecommendedMovie(**asdict(item)) for item in result.items],
     )
