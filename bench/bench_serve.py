@@ -48,6 +48,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,16 +290,39 @@ def wrk(
     return result
 
 
-def batch_sizes(base: str) -> tuple[float, float]:
-    """(forward passes, requests scored) so far, from the server's metrics."""
+def server_counters(base: str) -> dict[str, float]:
+    """Counters of the server's metrics: forward passes and requests scored (``passes``,
+    ``scored``), result memo hits and misses (``hit``, ``miss``)."""
     with urllib.request.urlopen(f"{base}/metrics") as r:
         text = r.read().decode()
-    values = {"count": 0.0, "sum": 0.0}
+    names = {
+        "movierec_forward_batch_size_count ": "passes",
+        "movierec_forward_batch_size_sum ": "scored",
+        'movierec_result_memo_lookups_total{result="hit"} ': "hit",
+        'movierec_result_memo_lookups_total{result="miss"} ': "miss",
+    }
+    values = dict.fromkeys(names.values(), 0.0)
     for row in text.splitlines():
-        for key in values:
-            if row.startswith(f"movierec_forward_batch_size_{key} "):
-                values[key] = float(row.split()[1])
-    return values["count"], values["sum"]
+        for prefix, key in names.items():
+            if row.startswith(prefix):
+                values[key] = float(row.split()[-1])
+    return values
+
+
+def ask_every_user(base: str, ids: list[int], connections: int) -> float:
+    """One recommendation request per user, ``connections`` at a time: the warm-up after
+    which a server with a result memo holds every user's answer (when it has room for all);
+    returns the seconds it took."""
+
+    def ask(user: int) -> None:
+        url = f"{base}/v1/users/{user}/recommendations?n=10"
+        with urllib.request.urlopen(url, timeout=60) as r:
+            r.read()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=connections) as pool:
+        list(pool.map(ask, ids))
+    return time.perf_counter() - start
 
 
 def paced_run(
@@ -357,17 +381,24 @@ def measure(
             scenario.folder, "ping", 'request = function() return wrk.format("GET", "/v1/ping") end'
         )
         recs = write_lua(scenario.folder, "recs", recommendations_lua(ids, None))
-        wrk(base, recs, 3, connections)  # warm-up
+        # Warm-up: every user once (a memo then holds them all), then random users.
+        warm_seconds = ask_every_user(base, ids, connections)
+        wrk(base, recs, 2, connections)
         results: dict[str, Any] = {
             "workers": workers,
             "env": extra_env or {},
+            "warmup_seconds": round(warm_seconds, 2),
             "ping": wrk(base, ping, duration, connections, pid),
         }
-        passes, scored = batch_sizes(base)
+        before = server_counters(base)
         results["recommendations"] = wrk(base, recs, duration, connections, pid)
-        passes_after, scored_after = batch_sizes(base)
-        if workers == 1 and passes_after > passes:  # one process: its metrics are the server's
-            results["mean_batch"] = round((scored_after - scored) / (passes_after - passes), 2)
+        after = server_counters(base)
+        if workers == 1:  # one process: its metrics are the server's
+            delta = {key: after[key] - before[key] for key in after}
+            if delta["passes"] > 0:
+                results["mean_batch"] = round(delta["scored"] / delta["passes"], 2)
+            if delta["hit"] + delta["miss"] > 0:
+                results["memo_hit_rate"] = round(delta["hit"] / (delta["hit"] + delta["miss"]), 3)
         half = results["recommendations"]["rps"] / 2
         results["half_rate"] = paced_run(
             scenario.folder, base, ids, half, duration, connections, pid
@@ -393,9 +424,9 @@ def markdown(scenarios: list[Scenario], duration: int, connections: int) -> str:
         " reach with the CPU to itself; it moves far less on a shared machine).",
         "",
         "| catalogue | run | ping req/s | ping cpu µs/req | recs req/s | recs cpu µs/req "
-        "| mean batch | ratio | cpu ratio | recs p50 / p99 ms | half rate: achieved req/s "
-        "| p50 / p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mean batch | memo hits | ratio | cpu ratio | recs p50 / p99 ms "
+        "| half rate: achieved req/s | p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scenarios:
         for code, r in s.results.items():
@@ -403,7 +434,8 @@ def markdown(scenarios: list[Scenario], duration: int, connections: int) -> str:
             rows.append(
                 f"| {s.name} | {code} | {p['rps']:.0f} | {p.get('server_cpu_us_per_request', '')}"
                 f" | {q['rps']:.0f} | {q.get('server_cpu_us_per_request', '')}"
-                f" | {r.get('mean_batch', '')} | {r['ratio']:.2f} | {r.get('cpu_ratio', '')}"
+                f" | {r.get('mean_batch', '')} | {r.get('memo_hit_rate', '')}"
+                f" | {r['ratio']:.2f} | {r.get('cpu_ratio', '')}"
                 f" | {q['p50_ms']:.1f} / {q['p99_ms']:.1f}"
                 f" | {h['rps']:.0f} (target {h['target_rps']:.0f})"
                 f" | {h['p50_ms']:.1f} / {h['p99_ms']:.1f} |"

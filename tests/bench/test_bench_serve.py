@@ -66,6 +66,11 @@ def test_bench_serve_reports_computed_and_default_runs(tmp_path: Path) -> None:
         assert run["model_version"] == 1
     assert runs["installed+computed"]["env"] == {"MOVIEREC_RESULT_MEMO_SIZE": "0"}
     assert runs["installed+computed"]["mean_batch"] >= 1  # every answer scored
+    assert "memo_hit_rate" not in runs["installed+computed"]  # the memo is off: no lookups
+    # after the warm-up (every user once) the default server's memo holds all 80 users
+    default = runs["installed+default"]
+    assert default["warmup_seconds"] > 0
+    assert default["memo_hit_rate"] == 1.0
     # the Markdown table quotes the same runs
     assert "| synthetic (600 movies) | installed+computed |" in done.stdout
     assert "cpu ratio" in done.stdout
