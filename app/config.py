@@ -62,6 +62,15 @@ class Settings(BaseSettings):
         "an answer is never stale (0 = off). Each entry holds the user's ratings as its key: "
         "about 11 KB for a user with 100 ratings.",
     )
+    result_memo_carry: int = Field(
+        1024,
+        ge=0,
+        description="Answers of the result memo, most recently used first, computed again with "
+        "a new model (or catalogue) before it is swapped in, so that the users who asked "
+        "lately do not all go to the model at once after a retrain (0 = none; at most "
+        "result_memo_size). Each costs a share of a forward pass: on a 2-core host 1,024 "
+        "answers delay a swap by about 1-2 s, and the old model serves meanwhile.",
+    )
     scoring_thread: bool = Field(
         False,
         description="Run the forward passes on a scoring thread of their own instead of the "

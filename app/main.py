@@ -12,7 +12,8 @@ import contextlib
 import gc
 import importlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -26,7 +27,15 @@ from app.api.routers import admin, health, movies, recommendations, users
 from app.config import Settings, get_settings
 from app.db.session import make_engine
 from app.observability import Metrics, ObservabilityMiddleware, configure_logging
-from app.serving import Loader, MicroBatcher, ModelHolder, ResultMemo, load_checkpoint
+from app.services import recommendations as rec_service
+from app.serving import (
+    Loader,
+    MicroBatcher,
+    ModelHolder,
+    ResultMemo,
+    ServingState,
+    load_checkpoint,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("movierec.app")
@@ -82,6 +91,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.unfreeze()
 
 
+def _memo_carrier(memo: ResultMemo, limit: int) -> Callable[[ServingState], None] | None:
+    """What the model holder runs before a swap: the memo's recent answers, computed with the
+    new state (``carry_memo_over``), timed in the log. None when nothing is to be carried."""
+    if limit <= 0:
+        return None
+
+    def carry(state: ServingState) -> None:
+        start = time.perf_counter()
+        count = rec_service.carry_memo_over(memo, state, limit)
+        log.info(
+            "%d recent answers computed with model version %d before the swap, in %.2f s",
+            count,
+            state.version_id,
+            time.perf_counter() - start,
+        )
+
+    return carry
+
+
 def _mount_page(app: FastAPI) -> None:
     """Serve the browser page from ``app/static`` when it is there."""
     if not STATIC_DIR.is_dir():
@@ -118,10 +146,17 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     )
     memo_hit = metrics.memo_lookups.labels("hit").inc
     memo_miss = metrics.memo_lookups.labels("miss").inc
-    app.state.memo = ResultMemo(
+    memo = ResultMemo(
         settings.result_memo_size, on_lookup=lambda hit: memo_hit() if hit else memo_miss()
     )
-    app.state.holder = ModelHolder(engine, device=settings.device, metrics=metrics, loader=loader)
+    app.state.memo = memo
+    app.state.holder = ModelHolder(
+        engine,
+        device=settings.device,
+        metrics=metrics,
+        loader=loader,
+        prepare=_memo_carrier(memo, min(settings.result_memo_carry, settings.result_memo_size)),
+    )
     problems.install(app)
     for module in (health, movies, users, recommendations, admin):
         app.include_router(module.router)

@@ -12,6 +12,7 @@ metrics.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -33,6 +34,7 @@ from app.services.catalogue import Catalogue
 
 log = logging.getLogger("movierec.serving")
 MASK_CACHE = 256  # filter masks kept per serving state
+_SERIALS = itertools.count(1)  # ServingState.serial: later states, larger numbers
 
 
 class Scored(Protocol):
@@ -100,6 +102,8 @@ class ServingState:
     catalogue: Catalogue
     column_rows: np.ndarray  # (I,) catalogue row of each model column, -1 when not catalogued
     in_catalogue: np.ndarray  # (I,) bool
+    # Built later = larger: a request that started before a swap is told from one after it.
+    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False)
     # Masks of the filters asked for lately, by (genres, year_min, year_max): read-only arrays.
     _masks: dict[tuple[tuple[str, ...], int | None, int | None], np.ndarray] = field(
         default_factory=dict, compare=False, repr=False
@@ -156,15 +160,21 @@ class ResultMemo:
     """Exact answers of recent recommendation requests, bounded (least recently used out).
 
     A key holds everything an answer depends on: the serving state (model version and
-    catalogue: a swap starts an empty memo), the request's parameters and the user's ratings
+    catalogue: a swap starts a new memo), the request's parameters and the user's ratings
     *as read by that request's query* — a rating written a moment ago changes the key, so a
-    stale answer is never served. On the event loop's thread only (no locking).
+    stale answer is never served. ``get`` and ``put`` run on the event loop's thread only (no
+    locking); a request still on a state older than the memo's is a miss and stores nothing.
+
+    Before a swap, the thread that loads the new state may ``prepare`` answers for it
+    (computed for the keys of ``recent``): the first request on the new state finds them in
+    place of an empty memo.
     """
 
     def __init__(self, size: int, on_lookup: Callable[[bool], None] | None = None) -> None:
         self.size = size
         self._state: ServingState | None = None
         self._answers: OrderedDict[Hashable, Any] = OrderedDict()
+        self._prepared: tuple[ServingState, dict[Hashable, Any]] | None = None
         self.hits = 0
         self.misses = 0
         self._on_lookup = on_lookup  # told True for a hit, False for a miss (metrics)
@@ -172,11 +182,42 @@ class ResultMemo:
     def __len__(self) -> int:
         return len(self._answers)
 
+    def recent(self, limit: int) -> list[Hashable]:
+        """Up to ``limit`` keys, most recently used last (safe from any thread: one C-level
+        copy of the keys under the GIL; an empty list if the memo changed meanwhile)."""
+        if limit <= 0:
+            return []
+        try:
+            keys = list(self._answers)
+        except RuntimeError:  # mutated during the copy
+            return []
+        return keys[-limit:]
+
+    def prepare(self, state: ServingState, answers: dict[Hashable, Any]) -> None:
+        """Answers for ``state``, a serving state about to be swapped in (any thread; one
+        assignment): adopted, least recently used first, by the first request on it."""
+        self._prepared = (state, answers)
+
+    def _is_stale(self, state: ServingState) -> bool:
+        """Whether ``state`` is older than the memo's; else switch the memo to it if new."""
+        current = self._state
+        if state is current:
+            return False
+        if current is not None and state.serial < current.serial:
+            return True
+        prepared = self._prepared
+        self._answers = OrderedDict()
+        if prepared is not None and prepared[0] is state:
+            self._answers.update(prepared[1])
+            while len(self._answers) > self.size:
+                self._answers.popitem(last=False)
+        if prepared is not None and prepared[0].serial <= state.serial:
+            self._prepared = None
+        self._state = state
+        return False
+
     def get(self, state: ServingState, key: Hashable) -> Any | None:
-        if state is not self._state:
-            self._state = state
-            self._answers.clear()
-        answer = self._answers.get(key)
+        answer = None if self._is_stale(state) else self._answers.get(key)
         if answer is None:
             self.misses += 1
         else:
@@ -187,7 +228,7 @@ class ResultMemo:
         return answer
 
     def put(self, state: ServingState, key: Hashable, answer: Any) -> None:
-        if state is not self._state or self.size <= 0:
+        if self.size <= 0 or self._is_stale(state):
             return
         self._answers[key] = answer
         if len(self._answers) > self.size:
@@ -393,8 +434,12 @@ class ModelHolder:
         device: str,
         metrics: Metrics,
         loader: Loader = load_checkpoint,
+        prepare: Callable[[ServingState], None] | None = None,
     ) -> None:
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        # Called with each new state before it is swapped in, on the loading thread (the
+        # API: the result memo's recent answers computed for it); failures are logged only.
+        self.prepare = prepare
         self.ratings = RatingsReader(engine)  # the hot path's query, one connection per thread
         self.device = device
         self.metrics = metrics
@@ -421,7 +466,9 @@ class ModelHolder:
             self.catalogue = catalogue
             log.info("catalogue loaded: %d movies", len(catalogue))
             if current is not None:  # same model, new catalogue arrays
-                self.state = ServingState.build(current.version_id, current.recommender, catalogue)
+                state = ServingState.build(current.version_id, current.recommender, catalogue)
+                self._prepare(state)
+                self.state = state
         if pointer is None or (current is not None and pointer[0] == current.version_id):
             return
         version_id, path = pointer
@@ -438,7 +485,9 @@ class ModelHolder:
         with self._sessions() as session:
             catalogue = Catalogue.load(session)
         self.catalogue = catalogue
-        self.state = ServingState.build(version_id, recommender, catalogue)
+        state = ServingState.build(version_id, recommender, catalogue)
+        self._prepare(state)
+        self.state = state
         self.last_failure = None
         self.metrics.model_version.set(version_id)
         self.metrics.model_loaded.set(1)
@@ -450,6 +499,14 @@ class ModelHolder:
             getattr(recommender, "precision", "float32"),
             extra={"version": version_id},
         )
+
+    def _prepare(self, state: ServingState) -> None:
+        if self.prepare is None or self.state is None:  # nothing served yet: nothing to carry
+            return
+        try:
+            self.prepare(state)
+        except Exception as exc:  # the swap goes ahead; its first requests are computed
+            log.warning("preparing answers for the new serving state failed: %s", exc)
 
     def _report_failure(self, version_id: int, exc: Exception) -> None:
         """Log, count and record a failed load; mark the version failed, keep the old one."""

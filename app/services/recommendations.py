@@ -8,8 +8,9 @@ pass over the model held in memory; nothing depends on the number of users.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -18,7 +19,7 @@ from app.repositories import ratings as ratings_repo
 from app.repositories import users as users_repo
 from app.repositories.ratings import RatingsReader
 from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
-from app.serving import MicroBatcher, ResultMemo, ServingState
+from app.serving import MicroBatcher, ResultMemo, ServingState, rank_batch
 
 NO_MODEL_DETAIL = (
     "no model is loaded yet: train one with `movierec train` "
@@ -137,12 +138,60 @@ async def recommend_for_user(
     live = require_state(state)
     if memo is None or memo.size <= 0:
         return await recommend_from_ratings(live, batcher, dict(rows), n, offset, filters)
-    key = (live.version_id, n, offset, filters, tuple(rows))
+    key = memo_key(live, n, offset, filters, tuple(rows))
     answer: Recommendations | None = memo.get(live, key)
     if answer is None:
         answer = await recommend_from_ratings(live, batcher, dict(rows), n, offset, filters)
         memo.put(live, key, answer)
     return answer
+
+
+MemoKey = tuple[int, int, int, Filters, tuple[tuple[int, float], ...]]
+CARRY_BATCH = 64  # users scored together when answers are carried over to a new state
+
+
+def memo_key(
+    state: ServingState, n: int, offset: int, filters: Filters, rows: tuple[tuple[int, float], ...]
+) -> MemoKey:
+    """The result memo's key of a stored user's request: everything the answer depends on."""
+    return (state.version_id, n, offset, filters, rows)
+
+
+def carry_memo_over(memo: ResultMemo, state: ServingState, limit: int) -> int:
+    """Answer, with ``state`` (a model or catalogue about to be swapped in), the requests of the
+    ``limit`` most recently used entries of ``memo``, and ``prepare`` those answers for it.
+
+    A swap starts a new memo: without this, every user's next request after a retrain would be
+    computed at once, at the model's cost rather than the memo's. The keys hold the users'
+    ratings as their requests read them, so the carried answers are what those requests would
+    get from the new state (a user who has rated since gets a new key, hence a computed
+    answer). Blocking: runs on the loading thread, in batches of ``CARRY_BATCH`` users.
+    Returns the number of answers prepared.
+    """
+    keys = cast(list[MemoKey], memo.recent(limit))
+    if not keys:
+        return 0
+    results: list[Recommendations | None] = [None] * len(keys)
+    todo: list[tuple[int, dict[int, float], int, np.ndarray]] = []
+    for i, (_, n, offset, filters, rows) in enumerate(keys):
+        allowed = _allowed(state, filters)
+        if rows:
+            todo.append((i, dict(rows), n + offset, allowed))
+            continue
+        scored = list(state.recommender.popular(n + offset, allowed=allowed))[offset:]
+        results[i] = Recommendations(state.version_id, "popular", _items(state, scored))
+    for start in range(0, len(todo), CARRY_BATCH):
+        chunk = todo[start : start + CARRY_BATCH]
+        ranked = rank_batch(state.recommender, [(r, k, a) for _, r, k, a in chunk])
+        for (i, _, _, _), best in zip(chunk, ranked, strict=True):
+            offset = keys[i][2]
+            results[i] = Recommendations(state.version_id, "model", _items(state, best[offset:]))
+    answers: dict[Hashable, Any] = {
+        memo_key(state, n, offset, filters, rows): answer
+        for (_, n, offset, filters, rows), answer in zip(keys, results, strict=True)
+    }
+    memo.prepare(state, answers)
+    return len(answers)
 
 
 async def recommend_for_visitor(

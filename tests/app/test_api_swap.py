@@ -7,14 +7,23 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.db.models import ModelVersion
+from app.main import create_app
 from app.services import registry
 from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
-from tests.app.test_api_helpers import admin_headers, copy_checkpoint, register_result
+from tests.app.test_api_helpers import (
+    NEW_USER,
+    admin_headers,
+    app_settings,
+    copy_checkpoint,
+    register_result,
+    train_tiny,
+)
 
 
 def wait_for_version(client: TestClient, version: int, timeout: float = 10.0) -> None:
@@ -123,3 +132,44 @@ def test_start_up_objects_are_frozen_and_a_swapped_out_model_is_collected(
     wait_for_version(client, second)
     gc.collect()
     assert gone() is None  # the swapped-out model is freed
+
+
+def answer_of(response: Any) -> tuple[int, str, list[tuple[int, float, float]]]:
+    """(model version, source, [(movie, score, predicted rating)]), floats rounded: the
+    carried answers are scored in one batch, a computed one alone."""
+    body = response.json()
+    items = [
+        (i["movie_id"], round(i["score"], 4), round(i["predicted_rating"] or 0.0, 4))
+        for i in body["items"]
+    ]
+    return body["model_version"], body["source"], items
+
+
+def test_a_swap_carries_the_recent_answers_over_computed_with_the_new_model(
+    client: TestClient, served, tmp_path: Path
+) -> None:
+    memo = client.app.state.memo  # type: ignore[attr-defined]
+    holder = client.app.state.holder  # type: ignore[attr-defined]
+    urls = [
+        "/v1/users/2/recommendations?n=3",
+        "/v1/users/3/recommendations?n=2&offset=1&genres=Drama",
+        f"/v1/users/{NEW_USER}/recommendations?n=4",  # no ratings: popular films
+    ]
+    before = [answer_of(client.get(url)) for url in urls]
+    # A different model: another seed, another number of epochs.
+    (tmp_path / "second").mkdir()
+    trained = train_tiny(served.url, tmp_path / "second" / "models", epochs=3, seed=1)
+    second = register_result(served.url, trained, activate=False)
+    activate_in_store(served, second)
+    deadline = time.monotonic() + 10
+    while holder.state.version_id != second and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert holder.state.version_id == second
+    hits, misses = memo.hits, memo.misses
+    carried = [answer_of(client.get(url)) for url in urls]
+    assert (memo.hits - hits, memo.misses - misses) == (len(urls), 0)  # all in the memo
+    settings = app_settings(served.url, tmp_path, result_memo_size=0)
+    with TestClient(create_app(settings)) as computed:
+        assert carried == [answer_of(computed.get(url)) for url in urls]
+    assert [a[0] for a in carried] == [second] * len(urls)
+    assert [a[2] for a in carried] != [b[2] for b in before]  # the new model's answers
