@@ -68,8 +68,9 @@ class Settings(BaseSettings):
         description="Answers of the result memo, most recently used first, computed again with "
         "a new model (or catalogue) before it is swapped in, so that the users who asked "
         "lately do not all go to the model at once after a retrain (0 = none; at most "
-        "result_memo_size). Each costs a share of a forward pass: on a 2-core host 1,024 "
-        "answers delay a swap by about 1-2 s, and the old model serves meanwhile.",
+        "result_memo_size). Each costs a share of a forward pass: on an idle 2-core host "
+        "1,024 answers delay a swap by about 0.5-1 s (more under load), and the old model "
+        "serves meanwhile.",
     )
     scoring_thread: bool = Field(
         False,
