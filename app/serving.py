@@ -198,13 +198,14 @@ class ResultMemo:
         assignment): adopted, least recently used first, by the first request on it."""
         self._prepared = (state, answers)
 
-    def _is_stale(self, state: ServingState) -> bool:
-        """Whether ``state`` is older than the memo's; else switch the memo to it if new."""
+    def _follow(self, state: ServingState) -> bool:
+        """Whether a request on ``state`` may use the memo: ``state`` is the memo's, or a newer
+        one (the memo then switches to it, with the answers prepared for it); not an older one."""
         current = self._state
         if state is current:
-            return False
-        if current is not None and state.serial < current.serial:
             return True
+        if current is not None and state.serial < current.serial:
+            return False
         prepared = self._prepared
         self._answers = OrderedDict()
         if prepared is not None and prepared[0] is state:
@@ -214,10 +215,10 @@ class ResultMemo:
         if prepared is not None and prepared[0].serial <= state.serial:
             self._prepared = None
         self._state = state
-        return False
+        return True
 
     def get(self, state: ServingState, key: Hashable) -> Any | None:
-        answer = None if self._is_stale(state) else self._answers.get(key)
+        answer = self._answers.get(key) if self._follow(state) else None
         if answer is None:
             self.misses += 1
         else:
@@ -228,7 +229,7 @@ class ResultMemo:
         return answer
 
     def put(self, state: ServingState, key: Hashable, answer: Any) -> None:
-        if self.size <= 0 or self._is_stale(state):
+        if self.size <= 0 or not self._follow(state):
             return
         self._answers[key] = answer
         if len(self._answers) > self.size:

@@ -22,8 +22,9 @@ that the effect of each change is measured side by side in one run on the same m
 ``--configs LABEL:VAR=VALUE+VAR=VALUE,...`` does the same for server settings (environment
 variables); the default, ``computed:MOVIEREC_RESULT_MEMO_SIZE=0,default:``, measures every
 answer computed (the result memo off) and the default server, whose memo answers the requests
-for users asked before (the Lua script draws from every user, so after a warm-up most are
-repeats when the memo holds them all). ``--versions V1,V2`` serves each of those registered
+for users asked before. Every server is warmed up first: each user asked once, then 2 s of
+random users; with the memo on and room for every user, the measured runs are then its steady
+state for returning users (each run reports the memo's hit rate). ``--versions V1,V2`` serves each of those registered
 model versions in turn (e.g. one trained with ``movierec train --preset fast --no-activate``
 into the benchmark's store); ``--workers N`` starts N uvicorn worker processes (the ping
 endpoint gets the same server). ``--rounds R`` repeats every (tree, configuration) R times,

@@ -172,19 +172,20 @@ def carry_memo_over(memo: ResultMemo, state: ServingState, limit: int) -> int:
     if not keys:
         return 0
     results: list[Recommendations | None] = [None] * len(keys)
-    todo: list[tuple[int, dict[int, float], int, np.ndarray]] = []
+    todo: list[
+        tuple[int, dict[int, float], int, int, np.ndarray]
+    ] = []  # (i, ratings, n, offset, allowed)
     for i, (_, n, offset, filters, rows) in enumerate(keys):
         allowed = _allowed(state, filters)
         if rows:
-            todo.append((i, dict(rows), n + offset, allowed))
+            todo.append((i, dict(rows), n, offset, allowed))
             continue
         scored = list(state.recommender.popular(n + offset, allowed=allowed))[offset:]
         results[i] = Recommendations(state.version_id, "popular", _items(state, scored))
     for start in range(0, len(todo), CARRY_BATCH):
         chunk = todo[start : start + CARRY_BATCH]
-        ranked = rank_batch(state.recommender, [(r, k, a) for _, r, k, a in chunk])
-        for (i, _, _, _), best in zip(chunk, ranked, strict=True):
-            offset = keys[i][2]
+        ranked = rank_batch(state.recommender, [(r, n + o, a) for _, r, n, o, a in chunk])
+        for (i, _, _, offset, _), best in zip(chunk, ranked, strict=True):
             results[i] = Recommendations(state.version_id, "model", _items(state, best[offset:]))
     answers: dict[Hashable, Any] = {
         memo_key(state, n, offset, filters, rows): answer
