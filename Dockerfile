@@ -15,7 +15,6 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS builder
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG TORCH_VERSION=2.13.0
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -23,16 +22,25 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 RUN python -m venv /opt/venv
 
-# PyTorch first, from the chosen index, in its own layer: it is the largest and changes least.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
-
 WORKDIR /src
+COPY requirements ./requirements
+
+# PyTorch first, pinned by version (requirements/torch.txt), from the chosen index, in its own
+# layer: it is the largest and changes least. Its CPU and CUDA builds are different files of one
+# version, so it is the one package pinned by version rather than by hash.
+RUN pip install -r requirements/torch.txt --index-url "${TORCH_INDEX}"
+
+# Every other dependency from the lock, each file checked against its sha256; nothing resolved.
+RUN pip install --require-hashes --no-deps -r requirements/runtime.lock
+
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY ml ./ml
 COPY migrations ./migrations
-# Smoke test of the installed package (from /, so that /src is not what gets imported).
-RUN pip install . \
+# The project itself (its build backend is in the lock), a consistency check of what is installed,
+# and a smoke test of the package (from /, so that /src is not what gets imported).
+RUN pip install --no-deps --no-build-isolation . \
+    && pip check \
     && cd / && python -c "import app.cli, app.main as m, migrations; assert (m.STATIC_DIR / 'index.html').is_file()"
 
 # --- runtime: the virtual environment, a non-root user, nothing else --------------------------

@@ -45,10 +45,24 @@ def test_multi_stage_with_a_slim_python_final_stage(instructions: list[Instructi
 def test_torch_comes_from_a_configurable_index(instructions: list[Instruction]) -> None:
     args = [i.value for i in instructions if i.keyword == "ARG"]
     assert "TORCH_INDEX=https://download.pytorch.org/whl/cpu" in args
-    runs = " ".join(i.value for i in instructions if i.keyword == "RUN")
-    assert re.search(
-        r"pip install \"torch==\$\{TORCH_VERSION\}\" --index-url \"\$\{TORCH_INDEX\}\"", runs
-    )
+    runs = [i.value for i in instructions if i.keyword == "RUN"]
+    assert 'pip install -r requirements/torch.txt --index-url "${TORCH_INDEX}"' in runs
+
+
+def test_everything_else_installs_from_the_hashed_lock(instructions: list[Instruction]) -> None:
+    builder = [i for i in instructions if i.stage == 0]
+    runs = [i.value for i in builder if i.keyword == "RUN"]
+    pip_installs = [part for run in runs for part in run.split("&&") if "pip install" in part]
+    # Exactly three installs: torch by version, the lock by hash, the project without deps.
+    assert len(pip_installs) == 3, pip_installs
+    torch, lock, project = (p.split() for p in pip_installs)
+    assert "requirements/torch.txt" in torch
+    assert {"--require-hashes", "--no-deps", "requirements/runtime.lock"} <= set(lock)
+    assert {"--no-deps", "--no-build-isolation"} <= set(project)
+    assert any("pip check" in run for run in runs)
+    copies = [i.value for i in builder if i.keyword == "COPY"]
+    assert "requirements ./requirements" in copies
+    assert "requirements" not in DOCKERIGNORE.read_text().split()
 
 
 def test_runs_as_a_non_root_user(instructions: list[Instruction]) -> None:
