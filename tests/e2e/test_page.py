@@ -388,3 +388,18 @@ def test_phone_layout_has_no_sideways_scroll(
         screenshot(tab, "phone", tmp_path)
     finally:
         context.close()
+
+
+def test_api_reference_pages_work_offline(page: Page) -> None:
+    """Swagger UI and ReDoc render from the app's own assets (the fixture fails the test on any
+    request outside the app or any script error)."""
+    page.goto("/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("movierec")
+    page.locator(".opblock").first.wait_for()
+    assert page.locator(".opblock").count() >= 10
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert icon == "/static/favicon.svg"
+
+    page.goto("/redoc")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("movierec")
+    expect(page.get_by_text("Search the catalogue").first).to_be_attached()
