@@ -167,6 +167,9 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     # Inside the observability layer (request ids, metrics, access log), above the routing.
     app.add_middleware(HotRecommendations, api=app)
     app.add_middleware(
-        ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+        ObservabilityMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        routes=app.router.routes,
     )
     return app
