@@ -38,7 +38,7 @@ class Movie(Base):
     # Genres joined with "|" (MovieLens style); "" when unknown.
     genres: Mapped[str] = mapped_column(String(512), default="", server_default="")
     # search_key(title): what title search compares (see app.db.search).
-    search_title: Mapped[str] = mapped_column(String(512), default="", server_default="")
+    search_title: Mapped[str] = mapped_column(Text, default="", server_default="")
     # How many ratings the movie has: the popularity that orders search matches. Recounted by
     # every import, kept up to date by the API's rating writes.
     rating_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

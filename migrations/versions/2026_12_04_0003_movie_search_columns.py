@@ -27,9 +27,7 @@ BATCH = 5_000
 
 def upgrade() -> None:
     with op.batch_alter_table("movies", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("search_title", sa.String(length=512), server_default="", nullable=False)
-        )
+        batch_op.add_column(sa.Column("search_title", sa.Text(), server_default="", nullable=False))
         batch_op.add_column(
             sa.Column("rating_count", sa.Integer(), server_default="0", nullable=False)
         )

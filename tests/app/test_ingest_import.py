@@ -342,3 +342,9 @@ def test_postgres_first_load_counts_ratings(bulk, tmp_path: Path) -> None:
     database, _ = bulk
     run(database.url, tmp_path, ["1,1,3.0,2000", "2,1,4.5,1000", "2,3,2.0,500"], GOOD_MOVIES)
     assert search_columns(database.url) == {1: ("toy story", 2), 2: ("heat", 0), 3: ("net", 1)}
+
+
+def test_search_key_longer_than_its_title_is_stored(database, tmp_path: Path) -> None:
+    """Folding can lengthen a title ("ß" → "ss"): a 400-character title still imports."""
+    run(database.url, tmp_path, ["1,1,3.0,100"], [f"1,{'ß' * 400} (1995),"])
+    assert search_columns(database.url) == {1: ("s" * 800, 1)}
