@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import sessionmaker
 
-from app.api import problems
+from app.api import docs, problems
 from app.api.hot import HotRecommendations
 from app.api.routers import admin, health, movies, recommendations, users
 from app.config import Settings, get_settings
@@ -132,6 +132,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
         version="0.1.0",
         summary="Movie recommendations from a stacked autoencoder.",
         lifespan=lifespan,
+        docs_url=None,  # served by app.api.docs, without a CDN
+        redoc_url=None,
     )
     # Requests awaiting a shared forward pass each hold a connection: a pool large enough for
     # a full batch avoids opening and closing overflow connections under load.
@@ -160,10 +162,14 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     problems.install(app)
     for module in (health, movies, users, recommendations, admin):
         app.include_router(module.router)
+    docs.install(app)
     _mount_page(app)
     # Inside the observability layer (request ids, metrics, access log), above the routing.
     app.add_middleware(HotRecommendations, api=app)
     app.add_middleware(
-        ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+        ObservabilityMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        routes=app.router.routes,
     )
     return app

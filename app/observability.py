@@ -16,10 +16,11 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import Mount
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -171,11 +172,43 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):020x}"  # 32 hex digits, as a uuid
 
 
-def _route_template(scope: Scope) -> str:
-    """The matched route's path template; "unmatched" keeps unknown paths out of the labels."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return str(path) if path else "unmatched"
+class RouteTemplates:
+    """The path template of the route that answered a request, for the metrics' labels.
+
+    FastAPI's own routes put themselves in the scope (``scope["route"]``). Starlette's routes
+    (``/openapi.json``) and mounts (``/static``) only leave their endpoint
+    (``scope["endpoint"]``), which is looked up here among the app's routes: ``/openapi.json``,
+    ``/static/{path}``. A request no route matched is "unmatched" (a 404), which keeps unknown
+    paths out of the labels.
+    """
+
+    def __init__(self, routes: Sequence[Any]) -> None:
+        self.routes = routes  # the app's live list: routes added after start-up are found too
+        self._by_endpoint: dict[int, str] = {}
+        self._seen = -1
+
+    def _index(self) -> None:
+        self._by_endpoint = {}
+        for route in self.routes:
+            path = getattr(route, "path", None)
+            if not path:
+                continue
+            if isinstance(route, Mount):
+                self._by_endpoint.setdefault(id(route.app), f"{path}/{{path}}")
+            elif (endpoint := getattr(route, "endpoint", None)) is not None:
+                self._by_endpoint.setdefault(id(endpoint), str(path))
+        self._seen = len(self.routes)
+
+    def __call__(self, scope: Scope) -> str:
+        path = getattr(scope.get("route"), "path", None)
+        if path:
+            return str(path)
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return "unmatched"
+        if self._seen != len(self.routes):
+            self._index()
+        return self._by_endpoint.get(id(endpoint), "unmatched")
 
 
 PROBLEM_413 = {
@@ -204,10 +237,18 @@ async def _send_413(send: Send, limit: int, request_id: str) -> None:
 class ObservabilityMiddleware:
     """Request id, body-size limit, metrics and the access log, as one pure ASGI layer."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        routes: Sequence[Any] = (),
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.route_template = RouteTemplates(routes)
         # Labelled metric children by (method, route, status): one dict lookup per request.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -268,7 +309,7 @@ class ObservabilityMiddleware:
             request_id_var.reset(token)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        route = _route_template(scope)
+        route = self.route_template(scope)
         method = str(scope.get("method", "-"))
         key = (method, route, status)
         children = self._children.get(key)

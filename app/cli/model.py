@@ -54,6 +54,21 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
     return " ".join(parts) + (f" (epoch {epoch} of {metrics.get('epochs_run')})" if epoch else "")
 
 
+def _validation_line(metrics: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """The validation figures, or why there are none (never an empty ``validation:``)."""
+    figures = _format_metrics(metrics)
+    if metrics.get("validation"):
+        return f"validation: {figures}"
+    if not manifest.get("training", {}).get("val_frac", 1):
+        return "validation: none (val_frac = 0: nothing was held out)"
+    data = manifest.get("data", {})
+    return (
+        f"validation: none: the store is too small to validate on ({data.get('users', '?')} "
+        f"users, {data.get('ratings', '?')} ratings: no user has enough ratings to hold some "
+        "out); the model is trained on all of them, unvalidated"
+    )
+
+
 def train(
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the epochs."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
@@ -100,7 +115,7 @@ def train(
         if gate is not None:
             status = f"{'activated' if gate.activate else 'registered'} ({gate.reason})"
     typer.echo(f"checkpoint {result.path}")
-    typer.echo(f"validation: {_format_metrics(result.metrics)}")
+    typer.echo(_validation_line(result.metrics, result.manifest))
     typer.echo(f"model version {version.id} {status}")
 
 

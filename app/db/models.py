@@ -19,9 +19,10 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from app.db.base import Base
+from app.db.search import search_key
 
 
 def utcnow() -> datetime:
@@ -36,6 +37,16 @@ class Movie(Base):
     year: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Genres joined with "|" (MovieLens style); "" when unknown.
     genres: Mapped[str] = mapped_column(String(512), default="", server_default="")
+    # search_key(title): what title search compares (see app.db.search).
+    search_title: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # How many ratings the movie has: the popularity that orders search matches. Recounted by
+    # every import, kept up to date by the API's rating writes.
+    rating_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    @validates("title")
+    def _keep_search_title(self, _key: str, title: str) -> str:
+        self.search_title = search_key(title)
+        return title
 
 
 class User(Base):

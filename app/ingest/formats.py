@@ -178,6 +178,44 @@ def _by_suffix(files: list[FileRef], suffix: str, where: Path) -> FileRef | None
     return matches[0] if matches else None
 
 
+# Files of a MovieLens release (or RecBole's): the release is imported by its folder.
+_RELEASE_FILES = {"u.data", "u.item", "ratings.dat", "movies.dat", "tags.csv", "links.csv"}
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            return f.readline(4096).decode("utf-8", "replace").strip().lstrip("\ufeff")
+    except OSError:
+        return ""
+
+
+def _file_hint(path: Path) -> str:
+    """What to type instead when a single file is given as the import PATH ("" if unsure)."""
+    name = path.name.lower()
+    header = _first_line(path).replace('"', "").replace(" ", "").lower()
+    if (
+        name in _RELEASE_FILES
+        or name.endswith(".inter")
+        or header.startswith(("userid,", "movieid,"))
+    ):
+        return (
+            "; a MovieLens file is imported with its release folder: "
+            f"movierec data import {path.parent}"
+        )
+    if header.startswith("movie_id,"):
+        return (
+            "; a movies CSV goes with its ratings: "
+            f"movierec data import --ratings RATINGS.csv --movies {path}"
+        )
+    if name.endswith(".csv"):
+        return (
+            f"; a CSV of ratings (header user_id,movie_id,rating[,timestamp]) is imported with "
+            f"--ratings: movierec data import --ratings {path} [--movies MOVIES.csv]"
+        )
+    return ""
+
+
 def detect(path: Path) -> Dataset:
     """Recognise the MovieLens release (or RecBole atomic files) in a directory or zip archive."""
     if not path.exists():
@@ -187,7 +225,7 @@ def detect(path: Path) -> Dataset:
     elif zipfile.is_zipfile(path):
         files = _zip_files(path)
     else:
-        raise IngestError(str(path), None, "not a directory or a zip archive")
+        raise IngestError(str(path), None, "not a directory or a zip archive" + _file_hint(path))
 
     u_data = _single(files, "u.data", path)
     ratings_dat = _single(files, "ratings.dat", path)

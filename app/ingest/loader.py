@@ -10,7 +10,8 @@ error anywhere rolls it back and leaves the store exactly as it was.
 Merge rules, the same on both backends: a rating replaces the stored one for the same user and
 movie when it is newer (``rated_at``), or equally new with a different value; within one input
 the newest wins, and among equally new ones the last line. A user's ``created_at`` is their
-earliest known rating time.
+earliest known rating time. Each movie's ``search_title`` is written with its title and its
+``rating_count`` recounted at the end (``app.db.search``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from app.db.search import RATING_COUNTS, search_key
 from app.db.session import make_engine
 
 PG_EPOCH_OFFSET = 946_684_800  # seconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch
@@ -77,16 +79,24 @@ class StoreWriter(ABC):
 
 
 def _movie_rows(movies: pd.DataFrame) -> list[tuple[Any, ...]]:
+    """``(id, title, search_title, year, genres)`` rows of the movies' table."""
     years = [None if pd.isna(y) else int(y) for y in movies["year"]]
+    titles = movies["title"].tolist()
     return list(
         zip(
             movies["movie_id"].tolist(),
-            movies["title"].tolist(),
+            titles,
+            [search_key(t) for t in titles],
             years,
             movies["genres"].tolist(),
             strict=True,
         )
     )
+
+
+def _refresh_rating_counts(cursor: Any) -> None:
+    """Recount ``movies.rating_count`` (search's popularity) after the ratings changed."""
+    cursor.execute(RATING_COUNTS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,9 +105,9 @@ def _movie_rows(movies: pd.DataFrame) -> list[tuple[Any, ...]]:
 
 SQLITE_CACHE_KIB = 256 * 1024  # page cache of the import connection
 _SQLITE_MOVIES = """
-INSERT INTO movies (id, title, year, genres) VALUES (?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET title = excluded.title, year = excluded.year,
-    genres = excluded.genres
+INSERT INTO movies (id, title, search_title, year, genres) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET title = excluded.title, search_title = excluded.search_title,
+    year = excluded.year, genres = excluded.genres
 WHERE movies.title IS NOT excluded.title OR movies.year IS NOT excluded.year
    OR movies.genres IS NOT excluded.genres
 """
@@ -194,6 +204,7 @@ class SqliteWriter(StoreWriter):
                 raise sqlite3.IntegrityError(
                     f"a rating refers to a missing row of {broken[2]} (ratings rowid {broken[1]})"
                 )
+        _refresh_rating_counts(self.cursor)
         after = {t: _count(self.cursor, t) for t in ("movies", "users", "ratings")}
         return _result(self.before, after, self.movies_changed, self.ratings_changed)
 
@@ -223,14 +234,15 @@ CREATE TEMP TABLE movierec_stage_ratings (
 ) ON COMMIT DROP
 """
 _PG_STAGE_MOVIES = """
-CREATE TEMP TABLE movierec_stage_movies (id integer, title text, year integer, genres text)
-ON COMMIT DROP
+CREATE TEMP TABLE movierec_stage_movies (
+    id integer, title text, search_title text, year integer, genres text
+) ON COMMIT DROP
 """
 _PG_MOVIES = """
-INSERT INTO movies (id, title, year, genres)
-SELECT id, title, year, genres FROM movierec_stage_movies
-ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, year = EXCLUDED.year,
-    genres = EXCLUDED.genres
+INSERT INTO movies (id, title, search_title, year, genres)
+SELECT id, title, search_title, year, genres FROM movierec_stage_movies
+ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, search_title = EXCLUDED.search_title,
+    year = EXCLUDED.year, genres = EXCLUDED.genres
 WHERE (movies.title, movies.year, movies.genres)
     IS DISTINCT FROM (EXCLUDED.title, EXCLUDED.year, EXCLUDED.genres)
 """
@@ -467,6 +479,9 @@ class PostgresWriter(StoreWriter):
     def finish(self) -> WriteResult:
         direct = self.mode == "direct"
         ratings_changed = self._finish_direct() if direct else self._finish_staged()
+        started = time.perf_counter()
+        _refresh_rating_counts(self.cursor)
+        self.phases["movie rating counts"] = time.perf_counter() - started
         after = {t: _count(self.cursor, t) for t in ("movies", "users")}
         # A direct load filled an empty, locked table: no need to count it again.
         after["ratings"] = ratings_changed if direct else _count(self.cursor, "ratings")

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, case, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Movie
+from app.db.search import search_key
 
 
-def _search_filter(stmt: Select, q: str | None, genre: str | None) -> Select:
-    """Case-insensitive title search and a genre filter on a movies select."""
-    if q:
+def _search_filter(stmt: Select, key: str, q: str | None, genre: str | None) -> Select:
+    """Title search (on the search key, see ``app.db.search``) and a genre filter.
+
+    A query with no word in it (only punctuation, say) is looked for as typed, in any case.
+    """
+    if key:
+        stmt = stmt.where(Movie.search_title.contains(key, autoescape=True))
+    elif q:
         stmt = stmt.where(func.lower(Movie.title).contains(q.lower(), autoescape=True))
     if genre:
         # Genres are stored "A|B|C"; wrapping both sides in "|" makes the match exact.
@@ -22,13 +28,38 @@ def _search_filter(stmt: Select, q: str | None, genre: str | None) -> Select:
     return stmt
 
 
+def _match_rank(key: str) -> ColumnElement[int]:
+    """0 for a title equal to the query, 1 for one that starts with it, 2 for the rest."""
+    return case(
+        (Movie.search_title == key, 0),
+        (Movie.search_title.startswith(key, autoescape=True), 1),
+        else_=2,
+    )
+
+
 def search(
     session: Session, *, q: str | None, genre: str | None, limit: int, offset: int
 ) -> tuple[list[Movie], int]:
-    """One page of movies matching the search, ordered by id, and the total number of matches."""
-    page = _search_filter(select(Movie), q, genre).order_by(Movie.id).limit(limit).offset(offset)
-    total = _search_filter(select(func.count()).select_from(Movie), q, genre)
+    """One page of movies matching the search, and the total number of matches.
+
+    With a query: exact matches first, then titles starting with it, then titles containing
+    it, each group by popularity (``rating_count``), then id. Without one: by id.
+    """
+    key = search_key(q) if q else ""
+    order = (_match_rank(key), Movie.rating_count.desc(), Movie.id) if key else (Movie.id,)
+    page = _search_filter(select(Movie), key, q, genre).order_by(*order).limit(limit).offset(offset)
+    total = _search_filter(select(func.count()).select_from(Movie), key, q, genre)
     return list(session.scalars(page)), int(session.scalar(total) or 0)
+
+
+def count_rating(session: Session, movie_id: int, delta: int) -> None:
+    """Add ``delta`` (a rating created: 1, deleted: -1) to the movie's ``rating_count``."""
+    session.execute(
+        update(Movie)
+        .where(Movie.id == movie_id)
+        .values(rating_count=Movie.rating_count + delta)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def get(session: Session, movie_id: int) -> Movie | None:

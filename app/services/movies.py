@@ -12,7 +12,9 @@ from app.services.errors import NotFoundError
 def search_movies(
     session: Session, *, q: str | None, genre: str | None, limit: int, offset: int
 ) -> tuple[list[Movie], int]:
-    """A page of movies whose title contains ``q`` (any case) and that have ``genre``."""
+    """A page of movies whose title matches ``q`` (case, accents, punctuation and a leading or
+    trailing article ignored; best matches first, then the most rated) and that have
+    ``genre``."""
     return movies_repo.search(session, q=q or None, genre=genre or None, limit=limit, offset=offset)
 
 

@@ -49,6 +49,7 @@ def set_rating(
     if rating is None:
         rating = Rating(user_id=user_id, movie_id=movie_id, rating=value, rated_at=utcnow())
         session.add(rating)
+        movies_repo.count_rating(session, movie_id, 1)
     else:
         rating.rating = value
         rating.rated_at = utcnow()
@@ -63,3 +64,4 @@ def delete_rating(session: Session, user_id: int, movie_id: int) -> None:
             user_id=user_id,
             movie_id=movie_id,
         )
+    movies_repo.count_rating(session, movie_id, -1)

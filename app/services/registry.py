@@ -127,12 +127,19 @@ def activation_gate(
 
     ``*_metrics`` are the versions' ``metrics`` JSON; the compared values sit under
     ``"validation"``. A model is activated when no gated metric is worse than the active one's
-    by more than ``tolerance`` (relative). With no active model, any model is activated.
+    by more than ``tolerance`` (relative). With no active model, any model is activated. A
+    model without validation metrics (a store too small to hold ratings out) does not replace
+    one that has them; the reason says when a model is not validated.
     """
+    new_val = new_metrics.get("validation") or {}
+    validated = any(new_val.get(key) is not None for key, _ in GATED_METRICS)
     if not active_metrics:
-        return Gate(True, "no active model")
-    new_val = new_metrics.get("validation", {})
-    old_val = active_metrics.get("validation", {})
+        return Gate(True, "no active model" if validated else "no active model; not validated")
+    old_val = active_metrics.get("validation") or {}
+    if not validated:  # nothing to compare: never silently replaces a validated model
+        if any(old_val.get(key) is not None for key, _ in GATED_METRICS):
+            return Gate(False, "not validated, unlike the active model")
+        return Gate(True, "not validated, nor is the active model")
     for key, higher_is_better in GATED_METRICS:
         new, old = new_val.get(key), old_val.get(key)
         if new is None or old is None:

@@ -1,4 +1,4 @@
-// movierec's page: hash routes (#/, #/movie/1, #/who, #/user/5, #/visitor, #/admin) rendered
+// movierec's page: hash routes (#/, #/search?q=, #/movie/1, #/who, #/user/5, #/visitor, #/admin) rendered
 // with plain DOM calls. No framework, no build step, nothing fetched from outside the app.
 
 import { ApiError, adminToken, api, itemsOf, movieId, withMovies } from "./api.js";
@@ -287,10 +287,8 @@ function heading(text) {
 
 // ---------------------------------------------------------------- views
 
-/** #/ and #/search?q=&genre= : the catalogue. */
-function viewSearch(params) {
-  const q = params.get("q") || "";
-  const genre = params.get("genre") || "";
+/** The title search form of #/ and #/search: submitting it shows #/search?q=&genre=. */
+function searchForm(q = "", genre = "") {
   const input = h("input", {
     type: "search",
     id: "q",
@@ -305,7 +303,7 @@ function viewSearch(params) {
       select.append(...genres.map((g) => h("option", { value: g, selected: g === genre }, g))),
     )
     .catch(() => {});
-  const form = h(
+  return h(
     "form",
     {
       class: "search",
@@ -322,6 +320,99 @@ function viewSearch(params) {
     select,
     h("button", { type: "submit" }, "Search"),
   );
+}
+
+/**
+ * #/ : the first view. Popular films to rate, and recommendations as soon as one is rated.
+ * A newcomer rates as a visitor (ratings in this browser, POST /v1/recommendations); someone
+ * who said they are a stored user rates as that user.
+ */
+function viewHome() {
+  const who = identity.get();
+  const asUser = who?.kind === "user";
+  const rate = async (movie, value) => {
+    try {
+      if (asUser) await api.rate(who.id, movieId(movie), value);
+      else {
+        if (!identity.get()) identity.set({ kind: "visitor" });
+        visitor.rate(movie, value);
+      }
+      recs.refresh();
+    } catch (error) {
+      recs.el.prepend(errorBox(error));
+    }
+  };
+  const popular = liveSection(
+    "Popular films",
+    async () => {
+      const body = await api.visitorRecommendations({}, RECOMMENDATIONS, {});
+      const mine = asUser ? {} : visitor.asRatings();
+      return h(
+        "div",
+        {},
+        h("p", { class: "meta" }, "Rate the ones you have seen."),
+        h(
+          "ol",
+          { class: "cards", "data-testid": "popular" },
+          itemsOf(body).map((m) =>
+            h(
+              "li",
+              { class: "card", "data-movie-id": String(movieId(m)) },
+              movieLink(m),
+              genreChips(m.genres),
+              stars({
+                label: `Your rating for ${m.title}`,
+                value: mine[movieId(m)] ?? 0,
+                onRate: (v) => rate(m, v),
+              }),
+            ),
+          ),
+        ),
+      );
+    },
+    { id: "popular" },
+  );
+  const recs = liveSection(
+    asUser ? `Recommended for user ${who.id}` : "Recommended for you",
+    async () => {
+      let body;
+      if (asUser) body = await api.userRecommendations(who.id, RECOMMENDATIONS, {});
+      else {
+        const ratings = visitor.asRatings();
+        if (!Object.keys(ratings).length)
+          return h(
+            "p",
+            { class: "empty", "data-testid": "recommendations-hint" },
+            "Rate a film you have seen: your recommendations appear here at once.",
+          );
+        body = await api.visitorRecommendations(ratings, RECOMMENDATIONS, {});
+      }
+      announce(`${itemsOf(body).length} recommendations from model v${body.model_version}`);
+      return recommendationList(body, { rate });
+    },
+    {
+      id: "recs",
+      footer: h(
+        "p",
+        { class: "meta" },
+        asUser
+          ? h("a", { href: `#/user/${who.id}` }, "Your ratings and filters")
+          : h("a", { href: "#/visitor" }, "Your ratings, filters, and saving them as a user"),
+      ),
+    },
+  );
+  view.replaceChildren(
+    heading("Rate a few films, get recommendations"),
+    searchForm(),
+    h("div", { class: "columns" }, popular.el, recs.el),
+  );
+}
+
+/** #/search?q=&genre= : the catalogue, best matches first. */
+function viewSearch(params) {
+  const q = params.get("q") || "";
+  const genre = params.get("genre") || "";
+  const form = searchForm(q, genre);
   const results = h("div", { "aria-busy": "true" });
   let offset = 0;
   const list = h("ul", { class: "cards", "data-testid": "search-results" });
@@ -948,7 +1039,8 @@ const routes = [
   [/^\/visitor$/, () => viewVisitor(), "who"],
   [/^\/who$/, () => viewWho(), "who"],
   [/^\/admin$/, () => viewAdmin(), "admin"],
-  [/^\/(search)?$/, (_m, params) => viewSearch(params), "search"],
+  [/^\/search$/, (_m, params) => viewSearch(params), "search"],
+  [/^\/$/, (_m, params) => (params.has("q") ? viewSearch(params) : viewHome()), "search"],
 ];
 
 function renderNav(active) {

@@ -62,6 +62,50 @@ def test_metrics_count_requests_per_route_template(client: TestClient, served) -
     assert 'movierec_training_jobs{status="queued"} 0.0' in text_
 
 
+def test_metrics_label_pages_mounts_and_openapi_by_template(bare_client: TestClient) -> None:
+    """Every route that answered is labelled by its template, Starlette's routes and mounts
+    included; "unmatched" is left for paths no route matched (404)."""
+    for path in (
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+        "/",
+        "/static/app.css",
+        "/docs/assets/swagger-ui.css",
+        "/docs/assets/redoc.standalone.js",
+    ):
+        assert bare_client.get(path).status_code == 200, path
+    assert bare_client.get("/static/no-such-file.css").status_code == 404
+    assert bare_client.post("/openapi.json").status_code == 405
+    assert bare_client.get("/v1/nothing-here").status_code == 404
+    text_ = bare_client.get("/metrics").text
+    for route, status, count in [
+        ("/docs", 200, 1),
+        ("/redoc", 200, 1),
+        ("/openapi.json", 200, 1),
+        ("/", 200, 1),
+        ("/static/{path}", 200, 1),
+        ("/static/{path}", 404, 1),
+        ("/openapi.json", 405, 1),
+        ("/docs/assets/{path}", 200, 1),
+        ("/docs/assets/redoc.standalone.js", 200, 1),
+        ("unmatched", 404, 1),
+    ]:
+        line = (
+            f'movierec_http_requests_total{{method="{"POST" if status == 405 else "GET"}",'
+            f'route="{route}",status="{status}"}} {count:.1f}'
+        )
+        assert line in text_, line
+    unmatched = [
+        line
+        for line in text_.splitlines()
+        if line.startswith("movierec_http_requests_total{") and 'route="unmatched"' in line
+    ]
+    assert unmatched == [
+        'movierec_http_requests_total{method="GET",route="unmatched",status="404"} 1.0'
+    ]
+
+
 def test_request_id_is_echoed_or_generated(bare_client: TestClient) -> None:
     r = bare_client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"

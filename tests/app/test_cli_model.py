@@ -142,3 +142,28 @@ def test_train_without_ratings_and_bad_inputs_fail_clearly(env, tmp_path: Path) 
     config.write_text('{"epochz": 1}')
     result = invoke("train", "--config", str(config))
     assert result.exit_code == 1 and "epochz" in result.output
+
+
+def test_train_on_a_store_too_small_to_validate_says_so(env, small_config: Path) -> None:
+    """Three users with two ratings each: nothing can be held out. The command says so instead
+    of printing an empty ``validation:`` line, and says the model is not validated."""
+    with env.engine.begin() as conn:
+        conn.execute(text("INSERT INTO movies (id, title, genres) VALUES (1, 'A', ''), "
+                          "(2, 'B', ''), (3, 'C', '')"))  # fmt: skip
+        conn.execute(text("INSERT INTO users (id) VALUES (1), (2), (3)"))
+        conn.execute(
+            text("INSERT INTO ratings (user_id, movie_id, rating) VALUES "
+                 "(1, 1, 4), (1, 2, 3), (2, 1, 5), (2, 3, 2), (3, 2, 4), (3, 3, 5)")
+        )  # fmt: skip
+    first = invoke("train", "--config", str(small_config), "--epochs", "1")
+    assert first.exit_code == 0, first.output
+    lines = first.output.splitlines()
+    assert "validation:" not in [line.strip() for line in lines]
+    assert any(
+        line.startswith("validation: none: the store is too small to validate on (3 users, 6 "
+                        "ratings") for line in lines
+    ), first.output  # fmt: skip
+    assert "model version 1 activated (no active model; not validated)" in first.output
+
+    second = invoke("train", "--config", str(small_config), "--epochs", "1")
+    assert "model version 2 activated (not validated, nor is the active model)" in second.output

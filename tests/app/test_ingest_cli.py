@@ -7,7 +7,14 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from app.cli import cli
-from tests.app.ingest_fixtures import RATINGS, snapshot, write_100k, write_csv, zip_folder
+from tests.app.ingest_fixtures import (
+    RATINGS,
+    snapshot,
+    write_100k,
+    write_csv,
+    write_csv_release,
+    zip_folder,
+)
 
 runner = CliRunner()
 
@@ -80,3 +87,23 @@ def test_fetch_when_present_does_nothing(env, tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "already in" in result.output
     assert sorted(p.name for p in dest.iterdir()) == before
+
+
+def test_a_single_file_as_path_gets_a_hint(env, tmp_path: Path) -> None:
+    """A CSV given as PATH: the error says how to import it (and the store is unchanged)."""
+    ratings = write_csv(tmp_path / "ratings.csv", "user_id,movie_id,rating", ["1,1,4"])
+    result = runner.invoke(cli, ["data", "import", str(ratings)])
+    assert result.exit_code == 2
+    assert f"error: {ratings}: not a directory or a zip archive; a CSV of ratings" in result.stderr
+    assert f"movierec data import --ratings {ratings} [--movies MOVIES.csv]" in result.stderr
+    assert "nothing was imported" in result.stderr
+
+    movies = write_csv(tmp_path / "movies.csv", "movie_id,title", ["1,Heat (1995)"])
+    result = runner.invoke(cli, ["data", "import", str(movies)])
+    assert f"--ratings RATINGS.csv --movies {movies}" in result.stderr
+
+    # A file of a MovieLens release: its folder is what to import.
+    release = write_csv_release(tmp_path / "ml-latest-small")
+    result = runner.invoke(cli, ["data", "import", str(release / "ratings.csv")])
+    assert f"imported with its release folder: movierec data import {release}" in result.stderr
+    assert snapshot(env.url) == ({}, {}, {})

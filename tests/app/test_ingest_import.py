@@ -316,3 +316,35 @@ def test_first_load_with_a_dangling_movie_is_refused_and_rolled_back(database) -
         writer.write_ratings(chunk)
         writer.finish()
     assert snapshot(database.url) == ({}, {}, {})
+
+
+def search_columns(url: str) -> dict[int, tuple[str, int]]:
+    """``{movie_id: (search_title, rating_count)}``."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, search_title, rating_count FROM movies"))
+            return {row[0]: (row[1], row[2]) for row in rows}
+    finally:
+        engine.dispose()
+
+
+def test_import_writes_search_keys_and_recounts_ratings(database, tmp_path: Path) -> None:
+    run(database.url, tmp_path, ["1,1,3.0,100", "2,1,4.0,100", "1,3,2.0,100"], GOOD_MOVIES)
+    assert search_columns(database.url) == {1: ("toy story", 2), 2: ("heat", 0), 3: ("net", 1)}
+    # A later import: a renamed movie, a new rating, a replaced one (no new count).
+    movies = ["2,Heat (1995),Action", '3,"Net, Le (1995)",']
+    run(database.url, tmp_path, ["3,2,5.0,200", "1,1,5.0,300"], movies)
+    assert search_columns(database.url) == {1: ("toy story", 2), 2: ("heat", 1), 3: ("net", 1)}
+
+
+def test_postgres_first_load_counts_ratings(bulk, tmp_path: Path) -> None:
+    database, _ = bulk
+    run(database.url, tmp_path, ["1,1,3.0,2000", "2,1,4.5,1000", "2,3,2.0,500"], GOOD_MOVIES)
+    assert search_columns(database.url) == {1: ("toy story", 2), 2: ("heat", 0), 3: ("net", 1)}
+
+
+def test_search_key_longer_than_its_title_is_stored(database, tmp_path: Path) -> None:
+    """Folding can lengthen a title ("ß" → "ss"): a 400-character title still imports."""
+    run(database.url, tmp_path, ["1,1,3.0,100"], [f"1,{'ß' * 400} (1995),"])
+    assert search_columns(database.url) == {1: ("s" * 800, 1)}

@@ -69,3 +69,34 @@ def test_constraints_enforced(database) -> None:
                 " created_at) VALUES ('b', 'x', '{}', '{}', 'active', true, CURRENT_TIMESTAMP)"
             )
         )
+
+
+@pytest.mark.parametrize("fresh_database", ["sqlite", "postgresql"], indirect=True)
+def test_search_columns_are_filled_for_stored_movies(fresh_database) -> None:
+    """Revision 0003 gives the movies already stored their search key and rating count."""
+    url = fresh_database.url
+    migrate.downgrade(url, "0002")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO movies (id, title, genres) VALUES "
+                "(1, 'Godfather, The', ''), (2, 'Amélie', ''), (3, 'Heat', '')"
+            )
+        )
+        conn.execute(text("INSERT INTO users (id) VALUES (1), (2)"))
+        conn.execute(
+            text(
+                "INSERT INTO ratings (user_id, movie_id, rating) VALUES "
+                "(1, 1, 5), (2, 1, 4), (1, 2, 3)"
+            )
+        )
+    engine.dispose()
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, search_title, rating_count FROM movies ORDER BY id")
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [(1, "godfather", 2), (2, "amelie", 1), (3, "heat", 0)]

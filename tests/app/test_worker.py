@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy.orm import Session
 
 from app.db.models import JobStatus, ModelVersion, TrainingJob, utcnow
@@ -127,3 +128,24 @@ def test_a_failing_job_is_marked_failed_with_the_error(seeded, tmp_path: Path) -
     failed = job(seeded, job_id)
     assert failed.status == "failed" and "no-such-preset" in (failed.error or "")
     assert failed.finished_at is not None
+
+
+@pytest.mark.parametrize(
+    ("new", "active", "activate", "reason"),
+    [
+        ({"validation": {"rmse": 0.9}}, None, True, "no active model"),
+        ({"validation": {}}, None, True, "no active model; not validated"),
+        ({"validation": {}}, {"validation": {"rmse": 0.9}}, False,
+         "not validated, unlike the active model"),
+        ({"validation": {}}, {"validation": {}}, True, "not validated, nor is the active model"),
+        ({"validation": {"rmse": 0.9}}, {"validation": {}}, True,
+         "validation metrics not worse than the active model's"),
+        ({"validation": {"rmse": 0.95}}, {"validation": {"rmse": 0.9}}, False,
+         "validation rmse 0.9500 is worse than the active model's 0.9000"),
+    ],
+)  # fmt: skip
+def test_activation_gate_and_unvalidated_models(
+    new: dict, active: dict | None, activate: bool, reason: str
+) -> None:
+    gate = registry.activation_gate(new, active, tolerance=0.0)
+    assert (gate.activate, gate.reason) == (activate, reason)

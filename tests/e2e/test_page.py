@@ -215,6 +215,42 @@ def wait_list_change(tab: Page, testid: str, before: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------------ tests
 
 
+def test_first_view_offers_popular_films_and_recommends_after_one_rating(
+    page: Page, tmp_path: Path
+) -> None:
+    page.goto("/")
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Rate a few films, get recommendations"
+    )
+    popular = page.get_by_test_id("popular").locator(":scope > li")
+    popular.first.wait_for()
+    assert popular.count() >= 5
+    expect(page.get_by_test_id("recommendations-hint")).to_be_visible()
+    expect(page.get_by_label("Search films")).to_be_visible()
+    screenshot(page, "first-view", tmp_path)
+
+    first = popular.first
+    rated = first.get_attribute("data-movie-id") or ""
+    first.locator("label[title='5 stars']").click()
+    recs = page.get_by_test_id("recommendations").locator(":scope > li")
+    recs.first.wait_for()
+    expect(page.get_by_test_id("model-version")).to_contain_text("personalised")
+    assert rated not in list_ids(page, "recommendations"), "a rated film is never recommended"
+    stored = page.evaluate("JSON.parse(localStorage.getItem('movierec.visitor'))")
+    assert stored[rated]["rating"] == 5  # a visitor's rating stays in the browser
+    expect(page.get_by_role("link", name="Visitor")).to_be_visible()
+    screenshot(page, "first-view-rated", tmp_path)
+
+    # A second rating, of a recommended film, changes the list again.
+    before = list_ids(page, "recommendations")
+    recs.first.locator("label[title='4 stars']").click()
+    after = wait_list_change(page, "recommendations", before)
+    assert before[0] not in after
+    # The visitor view carries the same ratings on.
+    page.goto("/#/visitor")
+    expect(page.get_by_test_id("visitor-ratings").locator(":scope > li")).to_have_count(2)
+
+
 def test_search_and_open_a_movie_shows_similar_films(page: Page, tmp_path: Path) -> None:
     page.goto("/")
     page.get_by_label("Search films").fill("star wars")
@@ -376,7 +412,11 @@ def test_phone_layout_has_no_sideways_scroll(
     context = browser.new_context(viewport=PHONE, base_url=server.url, is_mobile=True)
     tab = context.new_page()
     try:
-        for route, testid in (("/#/user/1", "ratings"), ("/#/", "search-results")):
+        for route, testid in (
+            ("/#/user/1", "ratings"),
+            ("/#/", "popular"),
+            ("/#/search?q=star", "search-results"),
+        ):
             tab.goto(route)
             tab.get_by_test_id(testid).locator("li").first.wait_for()
             width = tab.evaluate("document.documentElement.scrollWidth")
@@ -388,3 +428,18 @@ def test_phone_layout_has_no_sideways_scroll(
         screenshot(tab, "phone", tmp_path)
     finally:
         context.close()
+
+
+def test_api_reference_pages_work_offline(page: Page) -> None:
+    """Swagger UI and ReDoc render from the app's own assets (the fixture fails the test on any
+    request outside the app or any script error)."""
+    page.goto("/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("movierec")
+    page.locator(".opblock").first.wait_for()
+    assert page.locator(".opblock").count() >= 10
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert icon == "/static/favicon.svg"
+
+    page.goto("/redoc")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("movierec")
+    expect(page.get_by_text("Search the catalogue").first).to_be_attached()

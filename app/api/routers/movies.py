@@ -30,7 +30,14 @@ def movie_out(movie: Movie) -> MovieOut:
 async def search_movies(
     session: SessionDep,
     q: Annotated[
-        str | None, Query(max_length=200, description="Title contains (any case).")
+        str | None,
+        Query(
+            max_length=200,
+            description="Title search as people type: case, accents, punctuation and a leading "
+            "or trailing article are ignored (`the godfather` finds `Godfather, The`). Exact "
+            "matches first, then titles starting with it, then titles containing it; the most "
+            "rated first within each.",
+        ),
     ] = None,
     genre: Annotated[str | None, Query(max_length=100, description="Has this genre.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 20,
