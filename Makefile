@@ -38,6 +38,12 @@ $(VENV)/.installed: requirements/torch.txt $(LOCKED) pyproject.toml
 
 install: $(VENV)/.installed
 
+# The lock tool alone (from the lock), so that `make lock` works while pyproject.toml names a
+# package the lock does not have yet.
+$(BIN)/uv:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCKED)
+
 # Everything on the embedded default (SQLite + MovieLens-100K): set up, migrate, fetch, import,
 # train, serve on http://$(HOST):$(PORT)/ (`make run PORT=8080 HOST=0.0.0.0`).
 run: install
@@ -66,7 +72,7 @@ typecheck: install
 
 # Re-resolve the lock after a change to pyproject.toml, keeping the pins that still fit;
 # `make lock UPGRADE=1` moves every pin to the newest release allowed.
-lock: install
+lock: $(BIN)/uv
 	uv pip compile pyproject.toml requirements/build.in --extra dev $(LOCK_FLAGS) \
 		-o requirements/dev.lock
 	uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) \
@@ -74,7 +80,7 @@ lock: install
 
 # Try the newest releases on purpose: resolve them into var/upgrade-check/, install them into a
 # separate environment there and run the suite with it. The committed lock is left alone.
-upgrade-check: install
+upgrade-check: $(BIN)/uv
 	mkdir -p var/upgrade-check
 	uv pip compile pyproject.toml requirements/build.in --extra dev $(LOCK_FLAGS) --upgrade \
 		-o var/upgrade-check/dev.lock
