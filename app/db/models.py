@@ -135,3 +135,26 @@ class TrainingJob(Base):
     model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True
     )
+
+
+class WorkerState(enum.StrEnum):
+    idle = "idle"  # polling for queued jobs
+    busy = "busy"  # running a job
+    stopped = "stopped"  # exited (cleanly, or found dead by its supervisor)
+
+
+class WorkerProcess(Base):
+    """A training worker process, as it reports itself (``/readyz`` and ``/metrics`` read it)."""
+
+    __tablename__ = "workers"
+    __table_args__ = (CheckConstraint("state IN ('idle', 'busy', 'stopped')", name="state_valid"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the job's worker_id
+    state: Mapped[str] = mapped_column(String(16), default=WorkerState.idle.value)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Restarts by `movierec serve` before this process, and why the previous one ended.
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)

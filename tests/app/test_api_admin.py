@@ -90,6 +90,22 @@ class TestJobs:
         # ... so it no longer blocks a new retrain.
         assert client.post("/v1/admin/retrain", headers=AUTH).status_code == 202
 
+    def test_a_queued_job_is_cancelled_and_no_longer_blocks_a_retrain(
+        self, client: TestClient
+    ) -> None:
+        job = client.post("/v1/admin/retrain", headers=AUTH).json()
+        assert_problem(client.post("/v1/admin/retrain", headers=AUTH), 409, f"job {job['id']}")
+        r = client.post(f"/v1/admin/jobs/{job['id']}/cancel", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "cancelled" and r.json()["finished_at"]
+        listed = client.get(f"/v1/admin/jobs/{job['id']}", headers=AUTH).json()
+        assert listed["status"] == "cancelled" and listed["message"] == "cancelled by an admin"
+        again = client.post(f"/v1/admin/jobs/{job['id']}/cancel", headers=AUTH)
+        assert_problem(again, 409, "already ended", "cancelled")
+        assert client.post("/v1/admin/retrain", headers=AUTH).status_code == 202
+        assert_problem(client.post("/v1/admin/jobs/999/cancel", headers=AUTH), 404, "job 999")
+        assert_problem(client.post(f"/v1/admin/jobs/{job['id']}/cancel"), 401, "token")
+
 
 class TestModels:
     def test_list_activate_and_roll_back(
