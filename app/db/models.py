@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -36,6 +37,16 @@ class Movie(Base):
     year: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Genres joined with "|" (MovieLens style); "" when unknown.
     genres: Mapped[str] = mapped_column(String(512), default="", server_default="")
+
+
+class CatalogueVersion(Base):
+    """One row (id 1) whose version the database bumps on every change to ``movies`` (triggers
+    of migration 0004): API processes reload their in-memory catalogue when it moves."""
+
+    __tablename__ = "catalogue_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class User(Base):

@@ -117,6 +117,46 @@ def test_the_catalogue_is_reloaded_when_movies_are_added(client: TestClient, ser
     assert 31 not in {i["movie_id"] for i in items}
 
 
+def test_titles_and_genres_changed_by_an_import_show_everywhere_without_a_restart(
+    client: TestClient, served, tmp_path: Path
+) -> None:
+    from app.ingest.formats import custom_csv
+    from app.ingest.importer import import_dataset
+
+    def all_items() -> list[dict[str, Any]]:
+        """What the model routes show: a user's list, similar films, a genre filter."""
+        mine = client.get("/v1/users/2/recommendations", params={"n": 100}).json()["items"]
+        similar = client.get("/v1/movies/1/similar", params={"n": 100}).json()["items"]
+        return mine + similar
+
+    assert all(i["title"].startswith("Film ") for i in all_items())
+    # The same movies (same count, same largest id) with new titles and, for 16-30, a new genre.
+    movies = tmp_path / "movies.csv"
+    movies.write_text(
+        "movie_id,title,genres\n"
+        + "".join(
+            f"{m},Renamed {m:02d} ({1980 + m}),{'Action|Comedy' if m < 16 else 'Western'}\n"
+            for m in range(1, 31)
+        )
+    )
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("user_id,movie_id,rating\n2,1,4.0\n")
+    import_dataset(served.url, custom_csv(ratings, movies), progress=False)
+    assert client.get("/v1/movies/20").json()["genres"] == ["Western"]  # read from the store
+
+    visitor = {"ratings": [{"movie_id": 1, "rating": 5}], "n": 100, "genres": ["Western"]}
+    deadline = time.monotonic() + 10
+    while any(i["title"].startswith("Film ") for i in all_items()):
+        assert time.monotonic() < deadline, "the new titles never reached the model routes"
+        time.sleep(0.05)
+    assert all(i["title"].startswith("Renamed ") for i in all_items())
+    western = client.post("/v1/recommendations", json=visitor).json()["items"]
+    assert {i["movie_id"] for i in western} == set(range(16, 31))
+    assert all(i["genres"] == ["Western"] for i in western)
+    drama = client.post("/v1/recommendations", json={**visitor, "genres": ["Drama"]}).json()
+    assert drama["items"] == []
+
+
 def test_start_up_objects_are_frozen_and_a_swapped_out_model_is_collected(
     client: TestClient, served, tiny_model, tmp_path: Path
 ) -> None:
