@@ -151,6 +151,24 @@ class TestModels:
         )
         assert_problem(client.post(f"/v1/admin/models/{bad}/activate", headers=AUTH), 409, "failed")
 
+    def test_a_failed_version_whose_checkpoint_is_restored_activates(
+        self, client: TestClient, served, tiny_model, tmp_path: Path
+    ) -> None:
+        copy = copy_checkpoint(tiny_model, tmp_path)
+        weights = Path(copy.path) / "weights.safetensors"
+        sound = weights.read_bytes()
+        weights.write_bytes(sound[:-8] + bytes(range(8)))  # damaged on disk
+        bad = register_result(served.url, copy, activate=False)
+        assert_problem(client.post(f"/v1/admin/models/{bad}/activate", headers=AUTH), 409)
+        assert_problem(client.post(f"/v1/admin/models/{bad}/activate", headers=AUTH), 409)
+        weights.write_bytes(sound)  # restored from a backup
+
+        r = client.post(f"/v1/admin/models/{bad}/activate", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "active" and "verified again" in r.json()["note"]
+        assert client.get("/v1/users/2/recommendations").json()["model_version"] == bad
+        assert client.get("/v1/admin/models", headers=AUTH).json()["active"] == bad
+
     def test_unknown_version_is_404(self, client: TestClient) -> None:
         assert_problem(client.post("/v1/admin/models/4242/activate", headers=AUTH), 404, "4242")
 

@@ -101,6 +101,27 @@ def test_a_version_that_fails_to_load_is_marked_failed_and_the_old_one_serves(
     assert models["active"] == served.version_id
 
 
+def test_a_version_that_failed_to_load_serves_once_restored_and_activated_again(
+    client: TestClient, served, tiny_model, tmp_path: Path
+) -> None:
+    copy = copy_checkpoint(tiny_model, tmp_path)
+    weights = Path(copy.path) / "weights.safetensors"
+    sound = weights.read_bytes()
+    weights.write_bytes(sound[:-8] + bytes(range(8)))
+    bad = register_result(served.url, copy, activate=False)
+    activate_in_store(served, bad)  # the process fails to load it and marks it failed
+    deadline = time.monotonic() + 10
+    while "last_failure" not in client.get("/readyz").json()["model"]:
+        assert time.monotonic() < deadline, "the load never failed"
+        time.sleep(0.05)
+    weights.write_bytes(sound)
+
+    r = client.post(f"/v1/admin/models/{bad}/activate", headers=admin_headers())
+    assert r.status_code == 200, r.text
+    assert client.get("/v1/users/2/recommendations").json()["model_version"] == bad
+    assert "last_failure" not in client.get("/readyz").json()["model"]
+
+
 def test_the_catalogue_is_reloaded_when_movies_are_added(client: TestClient, served) -> None:
     from app.db.models import Movie
 
