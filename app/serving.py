@@ -520,16 +520,22 @@ class ModelHolder:
     def _report_failure(
         self, version_id: int, exc: Exception, activated_at: datetime | None = None
     ) -> None:
-        """Log, count and record a failed load; mark the version failed, keep the old one."""
+        """Log, count and record a failed load; mark the version failed, keep the old one.
+
+        The failure becomes visible (``last_failure``, ``/readyz``) only once the store's mark
+        is committed (or could not be), so whoever sees it finds the version failed there too.
+        """
         reason = f"{type(exc).__name__}: {exc}"
         log.error("model version %d failed to load: %s", version_id, reason)
-        self.last_failure = LoadReport(version_id, reason, activated_at)
         self.metrics.model_load_failures.inc()
         previous = self.state.version_id if self.state is not None else None
-        with self._sessions() as session, session.begin():
-            registry.mark_failed(session, version_id, f"failed to load: {reason}"[:2000])
-            if previous is not None:
-                registry.activate(session, previous)
+        try:
+            with self._sessions() as session, session.begin():
+                registry.mark_failed(session, version_id, f"failed to load: {reason}"[:2000])
+                if previous is not None:
+                    registry.activate(session, previous)
+        finally:
+            self.last_failure = LoadReport(version_id, reason, activated_at)
 
     # -- the async side ------------------------------------------------------------------------
     async def refresh_async(self) -> None:

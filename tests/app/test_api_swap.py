@@ -6,6 +6,7 @@ import gc
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,13 @@ def wait_for_version(client: TestClient, version: int, timeout: float = 10.0) ->
     raise AssertionError(f"version {version} was not swapped in within {timeout} s")
 
 
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
+
+
 def activate_in_store(served, version_id: int) -> None:
     """Activate as another process would (e.g. the worker or another replica's admin call)."""
     with Session(served.engine) as session, session.begin():
@@ -61,10 +69,10 @@ def test_a_version_activated_elsewhere_is_swapped_in_while_serving(
     for t in threads:
         t.start()
     try:
-        time.sleep(0.3)
+        wait_until(lambda: served.version_id in versions, "an answer of the first version")
         activate_in_store(served, second)
         wait_for_version(client, second)
-        time.sleep(0.2)
+        wait_until(lambda: second in versions, "the clients to get the second version")
     finally:
         stop.set()
         for t in threads:
@@ -120,6 +128,41 @@ def test_a_version_that_failed_to_load_serves_once_restored_and_activated_again(
     assert r.status_code == 200, r.text
     assert client.get("/v1/users/2/recommendations").json()["model_version"] == bad
     assert "last_failure" not in client.get("/readyz").json()["model"]
+
+
+def test_a_load_failure_is_reported_only_once_the_version_is_marked_failed_in_the_store(
+    served, tiny_model, tmp_path: Path
+) -> None:
+    """``/readyz`` naming a failed load means the store says so too (no window between them)."""
+    from sqlalchemy import text
+
+    from app.observability import Metrics
+    from app.serving import ModelHolder
+
+    bad = register_result(served.url, copy_checkpoint(tiny_model, tmp_path), activate=False)
+    activate_in_store(served, bad)
+    loading = threading.Event()
+
+    def failing_loader(path: str, device: str) -> Any:
+        loading.set()
+        raise RuntimeError("the disk is gone")
+
+    holder = ModelHolder(served.engine, device="cpu", metrics=Metrics(), loader=failing_loader)
+    with served.engine.connect() as blocker:
+        # Another transaction holds the version's row: marking it failed has to wait.
+        blocker.execute(text("UPDATE model_versions SET note = 'busy' WHERE id = :id"), {"id": bad})
+        refresh = threading.Thread(target=holder.refresh)
+        refresh.start()
+        assert loading.wait(10)
+        refresh.join(timeout=0.5)  # long enough to reach the blocked write
+        assert refresh.is_alive()
+        assert holder.last_failure is None  # not reported while the store does not say it
+        blocker.rollback()
+    refresh.join(timeout=30)
+    assert holder.last_failure is not None and holder.last_failure.version_id == bad
+    with Session(served.engine) as session:
+        version = session.get(ModelVersion, bad)
+        assert version is not None and version.status == "failed"
 
 
 def test_the_catalogue_is_reloaded_when_movies_are_added(client: TestClient, served) -> None:
