@@ -93,7 +93,8 @@ class WorkerSupervisor:
             lived = time.monotonic() - self._started_at
             how = describe_exit(code)
             self._delay = RESTART_DELAY if lived >= STABLE_SECONDS else self._delay
-            log.error(
+            log.log(
+                logging.WARNING if code == 0 else logging.ERROR,
                 "training worker (pid %d) %s after %.1f s; restarting it in %.1f s",
                 process.pid,
                 how,

@@ -298,7 +298,12 @@ class Worker:
 
 def install_signal_handlers(worker: Worker) -> None:
     """SIGTERM/SIGINT: stop at the next mini-batch (a job in progress is marked failed with
-    the signal's name in its error, never left running)."""
+    the signal's name in its error, never left running).
+
+    A worker started by ``movierec serve`` ignores SIGINT: Ctrl-C reaches the whole process
+    group, and the server stops its worker itself (SIGTERM) once it has shut down, instead of
+    seeing it die first and restarting it.
+    """
 
     def stop(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -306,7 +311,7 @@ def install_signal_handlers(worker: Worker) -> None:
         worker.stop(f"the worker received {name}")
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if worker.parent_pid is not None else stop)
 
 
 def main(*, once: bool = False) -> int:
