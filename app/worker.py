@@ -209,6 +209,7 @@ class Worker:
             except Exception as exc:
                 log.error("job %d failed:\n%s", job_id, traceback.format_exc())
                 outcome = Outcome(JobStatus.failed, {"error": f"{type(exc).__name__}: {exc}"})
+        ours = True
         if outcome.status is JobStatus.failed:
             with self.sessions() as session, session.begin():
                 ours = jobs_repo.finish(
@@ -219,10 +220,11 @@ class Worker:
                     finished_at=utcnow(),
                     **outcome.values,
                 )
-            if not ours:
+            if not ours:  # cancelled by an admin, or failed by a reaper: its row says which
                 log.warning("job %d was no longer ours when it ended", job_id)
         self._report(lambda s, now: workers_repo.beat(s, self.worker_id, now, None))
-        log.info("job %d %s", job_id, outcome.status.value, extra={"job_id": job_id})
+        if outcome.status is JobStatus.succeeded or ours:
+            log.info("job %d %s", job_id, outcome.status.value, extra={"job_id": job_id})
         return outcome
 
     def _train_and_register(self, job_id: int, heartbeat: Heartbeat) -> Outcome:

@@ -202,7 +202,11 @@ def test_a_running_job_is_cancelled_and_the_worker_takes_the_next_one(
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
     # The worker lets go within a heartbeat (0.2 s here) and a mini-batch.
+    asked = time.monotonic()
     wait_until(lambda: api.get("/readyz").json()["worker"]["busy"] == 0, 5, "the worker to stop")
+    sys.stderr.write(
+        f"cancelled: the worker was idle again after {time.monotonic() - asked:.2f} s\n"
+    )
     job = api.get(f"/v1/admin/jobs/{job_id}", headers=AUTH).json()
     assert job["status"] == "cancelled" and job["progress"]["epoch"] < 5000
     assert job["model_version_id"] is None
