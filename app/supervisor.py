@@ -85,28 +85,31 @@ class WorkerSupervisor:
     def _watch(self) -> None:
         while not self._stopping.is_set():
             process = self.process
-            if process is None:
-                return
-            code = process.wait()  # reaps it: no zombie
-            if self._stopping.is_set():
-                return
-            lived = time.monotonic() - self._started_at
-            how = describe_exit(code)
-            self._delay = RESTART_DELAY if lived >= STABLE_SECONDS else self._delay
-            log.log(
-                logging.WARNING if code == 0 else logging.ERROR,
-                "training worker (pid %d) %s after %.1f s; restarting it in %.1f s",
-                process.pid,
-                how,
-                lived,
-                self._delay,
-            )
-            self._record_death(process.pid, how)
+            if process is not None:
+                code = process.wait()  # reaps it: no zombie
+                if self._stopping.is_set():
+                    return
+                lived = time.monotonic() - self._started_at
+                how = describe_exit(code)
+                self._delay = RESTART_DELAY if lived >= STABLE_SECONDS else self._delay
+                log.log(
+                    logging.WARNING if code == 0 else logging.ERROR,
+                    "training worker (pid %d) %s after %.1f s; restarting it in %.1f s",
+                    process.pid,
+                    how,
+                    lived,
+                    self._delay,
+                )
+                self._record_death(process.pid, how)
             if self._stopping.wait(self._delay):
                 return
             self._delay = min(self._delay * 2, RESTART_DELAY_MAX)
             self.restarts += 1
-            self._spawn()
+            try:
+                self._spawn()
+            except OSError as exc:  # e.g. out of processes: try again after the next delay
+                self.process = None
+                log.error("could not start a training worker: %s", exc)
 
     def _record_death(self, pid: int, how: str) -> None:
         """Fail the dead worker's job now and mark its row stopped; a database error is logged."""
