@@ -98,6 +98,19 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.workers = Gauge(
+            "movierec_training_workers",
+            "Training workers with a fresh heartbeat, by state (idle, busy; refreshed when "
+            "metrics are scraped).",
+            ["state"],
+            registry=self.registry,
+        )
+        self.worker_restarts = Gauge(
+            "movierec_training_worker_restarts",
+            "Restarts by `movierec serve` of the newest live training worker (refreshed when "
+            "metrics are scraped).",
+            registry=self.registry,
+        )
 
 
 class RequestIdFilter(logging.Filter):

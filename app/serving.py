@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -423,6 +424,8 @@ class LoadReport:
 
     version_id: int
     error: str
+    # The activation that failed: a later activation of the same version is tried again.
+    activated_at: datetime | None = None
 
 
 class ModelHolder:
@@ -472,16 +475,21 @@ class ModelHolder:
                 self.state = state
         if pointer is None or (current is not None and pointer[0] == current.version_id):
             return
-        version_id, path = pointer
-        if self.last_failure is not None and self.last_failure.version_id == version_id:
+        version_id, path, activated_at = pointer
+        failure = self.last_failure
+        if (
+            failure is not None
+            and failure.version_id == version_id
+            and failure.activated_at == activated_at
+        ):
             return
-        self._swap_in(version_id, path)
+        self._swap_in(version_id, path, activated_at)
 
-    def _swap_in(self, version_id: int, path: str) -> None:
+    def _swap_in(self, version_id: int, path: str, activated_at: datetime | None = None) -> None:
         try:
             recommender = self.loader(path, self.device)
         except Exception as exc:
-            self._report_failure(version_id, exc)
+            self._report_failure(version_id, exc, activated_at)
             return
         with self._sessions() as session:
             catalogue = Catalogue.load(session)
@@ -509,17 +517,25 @@ class ModelHolder:
         except Exception as exc:  # the swap goes ahead; its first requests are computed
             log.warning("preparing answers for the new serving state failed: %s", exc)
 
-    def _report_failure(self, version_id: int, exc: Exception) -> None:
-        """Log, count and record a failed load; mark the version failed, keep the old one."""
+    def _report_failure(
+        self, version_id: int, exc: Exception, activated_at: datetime | None = None
+    ) -> None:
+        """Log, count and record a failed load; mark the version failed, keep the old one.
+
+        The failure becomes visible (``last_failure``, ``/readyz``) only once the store's mark
+        is committed (or could not be), so whoever sees it finds the version failed there too.
+        """
         reason = f"{type(exc).__name__}: {exc}"
         log.error("model version %d failed to load: %s", version_id, reason)
-        self.last_failure = LoadReport(version_id, reason)
         self.metrics.model_load_failures.inc()
         previous = self.state.version_id if self.state is not None else None
-        with self._sessions() as session, session.begin():
-            registry.mark_failed(session, version_id, f"failed to load: {reason}"[:2000])
-            if previous is not None:
-                registry.activate(session, previous)
+        try:
+            with self._sessions() as session, session.begin():
+                registry.mark_failed(session, version_id, f"failed to load: {reason}"[:2000])
+                if previous is not None:
+                    registry.activate(session, previous)
+        finally:
+            self.last_failure = LoadReport(version_id, reason, activated_at)
 
     # -- the async side ------------------------------------------------------------------------
     async def refresh_async(self) -> None:

@@ -1,20 +1,27 @@
 """The training worker: claims queued jobs, trains, registers and (if the gate allows) activates.
 
-Runs in its own process (``movierec worker``), never in the web process. One job at a time per
-worker; any number of workers may share a store, since a job is claimed atomically
-(``app.repositories.jobs.claim_next``). A heartbeat thread refreshes ``heartbeat_at`` every
-``settings.heartbeat_seconds`` while training runs (an epoch may be long); a job whose worker
-died stops beating and is marked failed after ``settings.heartbeat_timeout_seconds`` by any
-worker's poll or by the API.
+Runs in its own process (``movierec worker``, or the one ``movierec serve`` starts and
+restarts), never in the web process. One job at a time per worker; any number of workers may
+share a store, since a job is claimed atomically (``app.repositories.jobs.claim_next``). A
+heartbeat thread refreshes the job's ``heartbeat_at`` and the worker's row in ``workers`` every
+``settings.heartbeat_seconds`` while training runs; a job whose worker died stops beating and is
+marked failed after ``settings.heartbeat_timeout_seconds`` by any worker's poll or by the API
+(at once by ``movierec serve`` when it sees its own worker die).
+
+Training checks before every mini-batch (``ml.train.before_batch``) whether it must stop: the
+worker was asked to stop (SIGTERM/SIGINT), the ``movierec serve`` process that started it is
+gone, or the job is no longer this worker's (cancelled by an admin, or failed by a reaper).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ from app.db.models import JobStatus, TrainingJob, utcnow
 from app.db.session import make_engine
 from app.observability import configure_logging
 from app.repositories import jobs as jobs_repo
+from app.repositories import workers as workers_repo
 from app.services import jobs as jobs_service
 from app.services import registry
 
@@ -45,8 +53,13 @@ class Outcome:
     values: dict[str, Any]
 
 
+def worker_id_of(pid: int) -> str:
+    """The id a worker process of this host goes by (in jobs and the ``workers`` table)."""
+    return f"{socket.gethostname()}:{pid}"
+
+
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return worker_id_of(os.getpid())
 
 
 def progress_from_epoch(record: dict[str, Any], epochs: int) -> dict[str, Any]:
@@ -88,7 +101,9 @@ class Heartbeat:
         while not self._stop.wait(self.every):
             try:
                 with self.sessions() as session, session.begin():
-                    ours = jobs_repo.beat(session, self.job_id, self.worker_id, utcnow())
+                    now = utcnow()
+                    ours = jobs_repo.beat(session, self.job_id, self.worker_id, now)
+                    workers_repo.beat(session, self.worker_id, now, self.job_id)
                 if not ours:
                     self.lost.set()
                     return
@@ -105,12 +120,24 @@ class Worker:
         self.engine = make_engine(settings.database_url)
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.stopping = threading.Event()
+        self.stop_reason = "the worker was asked to stop"
+        parent = os.environ.get("MOVIEREC_WORKER_PARENT_PID")
+        self.parent_pid = int(parent) if parent else None
+        # Restarts of this worker by `movierec serve` before this process.
+        self.restarts = int(os.environ.get("MOVIEREC_WORKER_RESTARTS", "0") or 0)
+
+    def stop(self, reason: str) -> None:
+        """Stop after the current mini-batch (a job in progress is marked failed)."""
+        self.stop_reason = reason
+        self.stopping.set()
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, *, once: bool = False) -> int:
         """Run jobs until stopped (or, with ``once``, until the queue is empty); jobs run."""
         done = 0
         log.info("worker %s started", self.worker_id)
+        self._report(lambda s, now: workers_repo.started(s, self.worker_id, now, self.restarts))
+        last_beat = 0.0
         while not self.stopping.is_set() and self.parent_alive():
             try:
                 self.fail_stale()
@@ -124,18 +151,37 @@ class Worker:
                 continue
             if once:
                 break
+            if time.monotonic() - last_beat >= self.settings.heartbeat_seconds:
+                self._report(lambda s, now: workers_repo.beat(s, self.worker_id, now, None))
+                last_beat = time.monotonic()
             self.stopping.wait(self.settings.worker_poll_seconds)
+        why = self.stop_reason if self.stopping.is_set() else "the queue was empty (--once)"
+        self._report(lambda s, now: workers_repo.stopped(s, self.worker_id, now, why))
         log.info("worker %s stopped after %d job(s)", self.worker_id, done)
         return done
 
+    def _report(self, write: Callable[[Session, Any], None]) -> None:
+        """Write this worker's own row; a database hiccup is logged, never fatal."""
+        try:
+            with self.sessions() as session, session.begin():
+                write(session, utcnow())
+        except Exception as exc:
+            log.warning("worker %s could not report its state: %s", self.worker_id, exc)
+
     def parent_alive(self) -> bool:
         """False once the `movierec serve` process that started this worker is gone."""
-        parent = os.environ.get("MOVIEREC_WORKER_PARENT_PID")
-        if parent and os.getppid() != int(parent):
-            log.warning("the serving process %s is gone: stopping", parent)
-            self.stopping.set()
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log.warning("the serving process %s is gone: stopping", self.parent_pid)
+            self.stop(f"the serving process {self.parent_pid} is gone")
             return False
         return True
+
+    def check_stop(self, heartbeat: Heartbeat) -> None:
+        """Raise ``JobInterrupted`` when the job in progress must stop (called every batch)."""
+        if self.stopping.is_set() or not self.parent_alive():
+            raise JobInterrupted(self.stop_reason)
+        if heartbeat.lost.is_set():
+            raise JobInterrupted("the job was cancelled or marked failed while it ran")
 
     def fail_stale(self) -> None:
         with self.sessions() as session, session.begin():
@@ -151,32 +197,38 @@ class Worker:
     def run_job(self, job_id: int) -> Outcome:
         """Train for a claimed job, then register and gate the new version; never raises."""
         log.info("job %d claimed", job_id, extra={"job_id": job_id})
+        self._report(lambda s, now: workers_repo.beat(s, self.worker_id, now, job_id))
         with Heartbeat(
             self.sessions, job_id, self.worker_id, self.settings.heartbeat_seconds
         ) as heartbeat:
             try:
                 outcome = self._train_and_register(job_id, heartbeat)
             except JobInterrupted as exc:
+                log.warning("job %d interrupted: %s", job_id, exc, extra={"job_id": job_id})
                 outcome = Outcome(JobStatus.failed, {"error": f"interrupted: {exc}"})
             except Exception as exc:
                 log.error("job %d failed:\n%s", job_id, traceback.format_exc())
                 outcome = Outcome(JobStatus.failed, {"error": f"{type(exc).__name__}: {exc}"})
-        with self.sessions() as session, session.begin():
-            ours = jobs_repo.finish(
-                session,
-                job_id,
-                self.worker_id,
-                outcome.status,
-                finished_at=utcnow(),
-                **outcome.values,
-            )
-        if not ours:
-            log.warning("job %d was no longer ours when it ended", job_id)
-        log.info("job %d %s", job_id, outcome.status.value, extra={"job_id": job_id})
+        ours = True
+        if outcome.status is JobStatus.failed:
+            with self.sessions() as session, session.begin():
+                ours = jobs_repo.finish(
+                    session,
+                    job_id,
+                    self.worker_id,
+                    outcome.status,
+                    finished_at=utcnow(),
+                    **outcome.values,
+                )
+            if not ours:  # cancelled by an admin, or failed by a reaper: its row says which
+                log.warning("job %d was no longer ours when it ended", job_id)
+        self._report(lambda s, now: workers_repo.beat(s, self.worker_id, now, None))
+        if outcome.status is JobStatus.succeeded or ours:
+            log.info("job %d %s", job_id, outcome.status.value, extra={"job_id": job_id})
         return outcome
 
     def _train_and_register(self, job_id: int, heartbeat: Heartbeat) -> Outcome:
-        from ml.train import preset, train_from_store, with_overrides
+        from ml.train import before_batch, preset, train_from_store, with_overrides
 
         with self.sessions() as session:
             job = session.get(TrainingJob, job_id)
@@ -187,33 +239,46 @@ class Worker:
         config = with_overrides(preset(str(params.get("preset") or "default")), overrides)
         on_epoch = self._progress_writer(job_id, config.epochs, heartbeat)
         on_epoch({"epoch": 0})
-        result = train_from_store(
-            self.settings.database_url, self.settings.model_dir, config, on_epoch=on_epoch
-        )
+        token = before_batch.set(lambda: self.check_stop(heartbeat))
+        try:
+            result = train_from_store(
+                self.settings.database_url, self.settings.model_dir, config, on_epoch=on_epoch
+            )
+        finally:
+            before_batch.reset(token)
         if result is None:  # pragma: no cover - only DDP ranks > 0 return None
             raise RuntimeError("training wrote no checkpoint")
-        return self._register(result)
+        try:
+            self.check_stop(heartbeat)
+            return self._register(job_id, result)
+        except JobInterrupted:  # nothing refers to the checkpoint: no orphan folder left
+            shutil.rmtree(result.path, ignore_errors=True)
+            raise
 
     def _progress_writer(
         self, job_id: int, epochs: int, heartbeat: Heartbeat
     ) -> Callable[[dict[str, Any]], None]:
         def on_epoch(record: dict[str, Any]) -> None:
-            if self.stopping.is_set():
-                raise JobInterrupted("the worker was asked to stop")
-            if heartbeat.lost.is_set():
-                raise JobInterrupted("the job was marked failed while it ran")
+            self.check_stop(heartbeat)
             progress = progress_from_epoch(record, epochs)
             with self.sessions() as session, session.begin():
                 if not jobs_repo.record_progress(
                     session, job_id, self.worker_id, progress, utcnow()
                 ):
-                    raise JobInterrupted("the job was marked failed while it ran")
+                    raise JobInterrupted("the job was cancelled or marked failed while it ran")
 
         return on_epoch
 
-    def _register(self, result: Any) -> Outcome:
-        """Register the checkpoint; activate it when the gate allows, else say why not."""
+    def _register(self, job_id: int, result: Any) -> Outcome:
+        """Register the checkpoint and end the job as succeeded, in one transaction; activate
+        the version when the gate allows, else say why not. A job that stopped being ours (an
+        admin cancelled it meanwhile) registers nothing: ``JobInterrupted``."""
         with self.sessions() as session, session.begin():
+            # First, so that the job's row is locked (and still ours) until the commit.
+            if not jobs_repo.finish(
+                session, job_id, self.worker_id, JobStatus.succeeded, finished_at=utcnow()
+            ):
+                raise JobInterrupted("the job was cancelled or marked failed while it ran")
             version, gate = registry.register_and_gate(
                 session,
                 path=str(result.path),
@@ -228,19 +293,27 @@ class Worker:
             else:
                 message = f"model version {version.id} registered but not activated: {gate.reason}"
             version_id = version.id
+            jobs_repo.set_result(session, job_id, version_id, message)
         log.info(message)
         return Outcome(JobStatus.succeeded, {"model_version_id": version_id, "message": message})
 
 
 def install_signal_handlers(worker: Worker) -> None:
-    """SIGTERM/SIGINT: stop after the current epoch (the job is marked failed, not left running)."""
+    """SIGTERM/SIGINT: stop at the next mini-batch (a job in progress is marked failed with
+    the signal's name in its error, never left running).
+
+    A worker started by ``movierec serve`` ignores SIGINT: Ctrl-C reaches the whole process
+    group, and the server stops its worker itself (SIGTERM) once it has shut down, instead of
+    seeing it die first and restarting it.
+    """
 
     def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        worker.stopping.set()
+        name = signal.Signals(signum).name
+        log.info("%s: stopping", name)
+        worker.stop(f"the worker received {name}")
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if worker.parent_pid is not None else stop)
 
 
 def main(*, once: bool = False) -> int:

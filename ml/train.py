@@ -28,6 +28,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ from ml.inference import resolve_device
 from ml.model import Autoencoder, ModelConfig, ranks_as_scores
 
 EpochCallback = Callable[[dict[str, Any]], None]
+# Called before every mini-batch of either training loop; it raises to stop training there
+# (the worker's cancellation and shutdown). Unset: nothing is called.
+before_batch: ContextVar[Callable[[], None] | None] = ContextVar("before_batch", default=None)
 RELEVANT = 4.0  # a held-out rating >= this is relevant for NDCG (as in ml.metrics)
 TOP_K = 10
 EVAL_CELLS = 1 << 24  # largest (users x movies) block densified at once during validation
@@ -437,7 +441,10 @@ def _epoch_batches(
     users = np.flatnonzero(np.diff(train.indptr) > 0)
     order = np.random.default_rng([config.seed, epoch]).permutation(users)
     mine, per_rank = shard(order, config.batch_size, d)
+    check = before_batch.get()
     for start in range(0, len(mine), per_rank):
+        if check is not None:
+            check()
         yield mine[start : start + per_rank]
 
 

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from typing import Annotated
 
 import typer
-
-WORKER_STOP_SECONDS = 15
-
-
-def _start_worker() -> subprocess.Popen[bytes]:
-    """One worker process beside the web server (the embedded default).
-
-    The worker is told our pid and exits by itself if this process disappears without
-    stopping it (e.g. SIGKILL), so no orphan keeps training.
-    """
-    env = {**os.environ, "MOVIEREC_WORKER_PARENT_PID": str(os.getpid())}
-    return subprocess.Popen([sys.executable, "-m", "app.worker"], env=env)
 
 
 def _exit_on_sigterm() -> None:
@@ -32,18 +17,6 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _stop_worker(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it does not end in time."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=WORKER_STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -52,8 +25,8 @@ def serve(
         bool,
         typer.Option(
             "--worker/--no-worker",
-            help="Start one training worker process beside the server (off when training "
-            "runs elsewhere, e.g. the compose `worker` service).",
+            help="Start one training worker process beside the server and restart it when it "
+            "dies (off when training runs elsewhere, e.g. the compose `worker` service).",
         ),
     ] = True,
     access_log: Annotated[bool, typer.Option(help="Uvicorn's own access log.")] = False,
@@ -62,11 +35,14 @@ def serve(
     import uvicorn
 
     from app.config import get_settings
+    from app.supervisor import WorkerSupervisor
 
     settings = get_settings()
     settings.ensure_dirs()
     _exit_on_sigterm()
-    trainer = _start_worker() if worker else None
+    trainer = WorkerSupervisor(settings) if worker else None
+    if trainer is not None:
+        trainer.start()
     try:
         uvicorn.run(
             "app.main:create_app",
@@ -79,7 +55,7 @@ def serve(
         )
     finally:
         if trainer is not None:
-            _stop_worker(trainer)
+            trainer.stop()
 
 
 def worker(

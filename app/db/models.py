@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -47,6 +48,16 @@ class Movie(Base):
     def _keep_search_title(self, _key: str, title: str) -> str:
         self.search_title = search_key(title)
         return title
+
+
+class CatalogueVersion(Base):
+    """One row (id 1) whose version the database bumps on every change to ``movies`` (triggers
+    of migration 0004): API processes reload their in-memory catalogue when it moves."""
+
+    __tablename__ = "catalogue_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class User(Base):
@@ -146,3 +157,26 @@ class TrainingJob(Base):
     model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True
     )
+
+
+class WorkerState(enum.StrEnum):
+    idle = "idle"  # polling for queued jobs
+    busy = "busy"  # running a job
+    stopped = "stopped"  # exited (cleanly, or found dead by its supervisor)
+
+
+class WorkerProcess(Base):
+    """A training worker process, as it reports itself (``/readyz`` and ``/metrics`` read it)."""
+
+    __tablename__ = "workers"
+    __table_args__ = (CheckConstraint("state IN ('idle', 'busy', 'stopped')", name="state_valid"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the job's worker_id
+    state: Mapped[str] = mapped_column(String(16), default=WorkerState.idle.value)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Restarts by `movierec serve` before this process, and why the previous one ended.
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)

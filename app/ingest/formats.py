@@ -16,7 +16,7 @@ import io
 import re
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,6 +26,7 @@ from pandas.api.types import is_numeric_dtype
 from pandas.errors import ParserError
 from tqdm import tqdm
 
+from app import rating_scale
 from app.ingest.errors import IngestError, Problems
 from app.ingest.titles import parse_year, split_title
 
@@ -53,7 +54,6 @@ GENRES_100K = [
 NO_GENRES = "(no genres listed)"
 
 MAX_ID = 2**31 - 1  # ids are 32-bit INTEGER columns in the store
-MIN_RATING, MAX_RATING = 0.5, 5.0
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31 23:59:59 UTC
 MAX_TEXT = 512  # movies.title and movies.genres are VARCHAR(512)
 BLOCK_BYTES = 4 * 2**20  # ratings are parsed ~4 MiB (about 160,000 lines) at a time: a smaller
@@ -84,6 +84,7 @@ class FileRef:
     name: str  # shown in messages: a path, or archive.zip/member
     size: int
     opener: Callable[[], BinaryIO]
+    archive: str | None = None  # the zip archive it is read from
 
     def open(self) -> BinaryIO:
         return self.opener()
@@ -147,7 +148,10 @@ def _zip_files(archive: Path) -> list[FileRef]:
         infos = [info for info in zf.infolist() if not info.is_dir()]
     return [
         FileRef(
-            f"{archive}/{info.filename}", info.file_size, _member_opener(archive, info.filename)
+            f"{archive}/{info.filename}",
+            info.file_size,
+            _member_opener(archive, info.filename),
+            archive=str(archive),
         )
         for info in infos
     ]
@@ -384,17 +388,18 @@ def decode_lines(ref: FileRef, encoding: str, problems: Problems) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Movies parsers: each returns columns movie_id, title, year, genres (last line wins per id)
+# Movies parsers: each returns columns movie_id, title, year, genres (one line per id)
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class _MovieRows:
-    """Parsed movies, keyed by id so a later line for the same id replaces an earlier one."""
+    """Parsed movies keyed by id; a second line for an id is a problem naming both lines."""
 
     ref: FileRef
     problems: Problems
     rows: dict[int, tuple[str, int | None, str]]
+    lines: dict[int, int] = field(default_factory=dict)  # movie id → its line
 
     def add(self, line: int, raw_id: str, title: str, year: int | None, genres: str) -> None:
         movie_id = _parse_id(raw_id)
@@ -409,6 +414,13 @@ class _MovieRows:
                 self.ref.name, line, f"title or genres longer than {MAX_TEXT} characters"
             )
             return
+        first = self.lines.get(movie_id)
+        if first is not None:
+            self.problems.add(
+                self.ref.name, line, f"movie id {movie_id} is already on line {first}"
+            )
+            return
+        self.lines[movie_id] = line
         self.rows[movie_id] = (title, year, genres)
 
     def frame(self) -> pd.DataFrame:
@@ -759,8 +771,7 @@ def _problem_codes(
     for role in ("user_id", "movie_id"):
         value = numbers[role]
         flag(~((value >= 0) & (value <= MAX_ID) & (np.floor(value) == value)), BAD_ID, role)
-    rating = numbers["rating"]
-    flag(~((rating >= MIN_RATING) & (rating <= MAX_RATING)), BAD_RATING, "rating")
+    flag(~rating_scale.valid_ratings(numbers["rating"]), BAD_RATING, "rating")
     if "timestamp" in numbers:
         ts = numbers["timestamp"]
         flag(~((ts >= 0) & (ts <= MAX_TIMESTAMP)), BAD_TIMESTAMP, "timestamp")
@@ -825,7 +836,7 @@ def _describe(
     if code == BAD_ID:
         return f"{role} {shown} is not an integer id between 0 and {MAX_ID}"
     if code == BAD_RATING:
-        return f"rating {shown} is outside {MIN_RATING:g}-{MAX_RATING:g}"
+        return f"rating {shown} is not {rating_scale.RULE}"
     if code == BAD_TIMESTAMP:
         return f"timestamp {shown} is not a valid Unix time"
     if code == UNKNOWN_MOVIE:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,16 @@ def import_dataset(
     """Import ``dataset`` into the store; any invalid line aborts and leaves the store unchanged
     unless ``skip_invalid``, which drops such lines and reports them. ``block_bytes`` sets how
     much of the ratings file is parsed at a time."""
+    try:
+        return _import(database_url, dataset, skip_invalid, progress, block_bytes)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # read while importing
+        source = dataset.ratings.archive or dataset.ratings.name
+        raise IngestError(source, None, f"the zip archive is damaged: {exc}") from exc
+
+
+def _import(
+    database_url: str, dataset: Dataset, skip_invalid: bool, progress: bool, block_bytes: int
+) -> ImportSummary:
     started = time.perf_counter()
     problems = Problems(skip=skip_invalid)
     movies = (

@@ -170,9 +170,10 @@ class SqliteWriter(StoreWriter):
         return np.array([row[0] for row in self.cursor.fetchall()], dtype=np.int64)
 
     def write_movies(self, movies: pd.DataFrame) -> None:
-        start = self.conn.total_changes
         self.cursor.executemany(_SQLITE_MOVIES, _movie_rows(movies))
-        self.movies_changed += self.conn.total_changes - start
+        # The rows this statement changed (total_changes would also count what the catalogue
+        # version's triggers write).
+        self.movies_changed += max(self.cursor.rowcount, 0)
 
     def write_ratings(self, chunk: pd.DataFrame) -> None:
         if self.dropped_indexes is None:

@@ -153,3 +153,43 @@ def finish(session: Session, job_id: int, worker_id: str, status: JobStatus, **v
         update(TrainingJob).where(_owned(job_id, worker_id)).values(status=status.value, **values)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def set_result(session: Session, job_id: int, model_version_id: int, message: str) -> None:
+    """The version a succeeded job registered and what became of it."""
+    session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id)
+        .values(model_version_id=model_version_id, message=message)
+    )
+
+
+def cancel(session: Session, job_id: int, now: datetime) -> bool:
+    """Cancel a queued or running job; False when it had already ended.
+
+    A running job's worker finds it no longer running at its next heartbeat and stops at the
+    next mini-batch; nothing it trains is registered.
+    """
+    result = session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status.in_(OPEN_STATUSES))
+        .values(
+            status=JobStatus.cancelled.value,
+            finished_at=now,
+            message="cancelled by an admin",
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def fail_running_of(session: Session, worker_id: str, now: datetime, error: str) -> list[int]:
+    """Mark the jobs running for ``worker_id`` failed (its process died); their ids."""
+    running = (TrainingJob.worker_id == worker_id) & (TrainingJob.status == JobStatus.running.value)
+    ids = [int(i) for i in session.scalars(select(TrainingJob.id).where(running))]
+    if ids:
+        session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id.in_(ids), running)
+            .values(status=JobStatus.failed.value, finished_at=now, error=error)
+        )
+    return ids

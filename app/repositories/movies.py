@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement, Select, case, func, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import Movie
+from app.db.models import CatalogueVersion, Movie
 from app.db.search import search_key
 
 
@@ -79,7 +79,8 @@ def all_rows(session: Session) -> list[tuple[int, str, int | None, str]]:
     return [(r[0], r[1], r[2], r[3]) for r in session.execute(stmt)]
 
 
-def signature(session: Session) -> tuple[int, int]:
-    """``(count, max id)`` of the movies table: cheap to poll, changes when movies are imported."""
-    row = session.execute(select(func.count(), func.coalesce(func.max(Movie.id), 0))).one()
-    return int(row[0]), int(row[1])
+def signature(session: Session) -> int:
+    """The catalogue's version: one row to poll, which the database bumps on every change to
+    ``movies`` (an added, retitled, re-genred or deleted movie; migration 0004)."""
+    version = session.scalar(select(CatalogueVersion.version).where(CatalogueVersion.id == 1))
+    return int(version or 0)

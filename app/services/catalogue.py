@@ -1,8 +1,9 @@
 """The catalogue held in memory: movie ids, titles, years and genres as numpy arrays.
 
 Recommendation filters (genres, year range) become boolean masks computed from these arrays,
-never a SQL query per request. The catalogue is reloaded when the movies table changes (its
-``(count, max id)`` signature moves) and whenever a new model is swapped in.
+never a SQL query per request. The catalogue is reloaded when any movie row changes (the
+catalogue version, bumped by the database on every write to ``movies``, moves) and whenever a
+new model is swapped in.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ class Catalogue:
     years: np.ndarray  # (M,) int32, NO_YEAR when unknown
     genres: list[list[str]]
     genre_masks: dict[str, np.ndarray]  # lower-cased genre → (M,) bool
-    signature: tuple[int, int]
+    signature: int  # the catalogue version it was read at
     row_of: dict[int, int] = field(repr=False)
 
     @classmethod
     def from_rows(
-        cls, rows: Sequence[tuple[int, str, int | None, str]], signature: tuple[int, int]
+        cls, rows: Sequence[tuple[int, str, int | None, str]], signature: int
     ) -> Catalogue:
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         years = np.fromiter(

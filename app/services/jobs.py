@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import JobStatus, TrainingJob, utcnow
 from app.repositories import jobs as jobs_repo
+from app.repositories import workers as workers_repo
 from app.services.errors import ConflictError, NotFoundError
 
 
@@ -65,3 +66,34 @@ def get_job(session: Session, job_id: int, heartbeat_timeout: float) -> Training
     if job is None:
         raise NotFoundError(f"training job {job_id} does not exist", job_id=job_id)
     return job
+
+
+def cancel_job(session: Session, job_id: int, heartbeat_timeout: float) -> TrainingJob:
+    """Cancel a queued or running job (a running one stops at its worker's next heartbeat and
+    mini-batch); a job that already ended is a conflict."""
+    job = get_job(session, job_id, heartbeat_timeout)
+    if not jobs_repo.cancel(session, job_id, utcnow()):
+        session.refresh(job)
+        raise ConflictError(
+            f"training job {job_id} already ended ({job.status}); only queued or running jobs "
+            "can be cancelled",
+            job=job_summary(job),
+        )
+    session.refresh(job)
+    return job
+
+
+def worker_summary(session: Session, heartbeat_timeout: float) -> dict[str, Any]:
+    """The training workers as ``/readyz`` shows them: how many are alive and busy, the
+    restarts of the newest one by ``movierec serve`` and why the last one stopped."""
+    now = utcnow()
+    alive = workers_repo.alive(session, now - timedelta(seconds=heartbeat_timeout))
+    summary: dict[str, Any] = {
+        "alive": len(alive),
+        "busy": sum(1 for w in alive if w.state == "busy"),
+        "restarts": alive[0].restarts if alive else 0,
+    }
+    last = workers_repo.latest_stopped(session)
+    if last is not None and last.note:
+        summary["last_exit"] = last.note
+    return summary

@@ -1,7 +1,8 @@
 """Model-version use cases for the admin API: list, activate (or roll back), learning curve.
 
 Activation verifies the checkpoint first (format version and sha256 of the weights): a version
-that fails is marked failed and refused, and the active version is left as it was.
+that fails is marked failed and refused, and the active version is left as it was; a version
+marked failed earlier is verified again and activated when its checkpoint is sound now.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.db.models import ModelVersion
+from app.db.models import ModelStatus, ModelVersion
 from app.services import registry
 from app.services.errors import CheckpointRefusedError, NotFoundError
 
@@ -39,14 +40,11 @@ def get_model(session: Session, version_id: int) -> ModelVersion:
 def check_checkpoint(session: Session, version_id: int, verify: Verifier) -> ModelVersion:
     """Verify a version's checkpoint; on failure mark it failed and raise (changes kept).
 
+    A version marked failed before is verified again: when its checkpoint is sound now (the
+    file was restored, the disk came back), the mark is lifted and it may be activated.
     The verification reads files only, so callers run this in a thread.
     """
     version = get_model(session, version_id)
-    if version.status == "failed":
-        raise CheckpointRefusedError(
-            f"model version {version_id} is marked failed: {version.note or 'no reason recorded'}",
-            version=version_id,
-        )
     try:
         verify(version.path)
     except Exception as exc:
@@ -55,6 +53,8 @@ def check_checkpoint(session: Session, version_id: int, verify: Verifier) -> Mod
         raise CheckpointRefusedError(
             f"model version {version_id} {reason}", version=version_id, commit_changes=True
         ) from exc
+    if version.status == ModelStatus.failed.value:
+        registry.clear_failure(session, version_id)
     return version
 
 

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from app import rating_scale
 from app.db.models import Movie, Rating, utcnow
 from app.repositories import movies as movies_repo
 from app.repositories import ratings as ratings_repo
 from app.repositories import users as users_repo
 from app.services.errors import InvalidInputError, NotFoundError
 
-RATING_MIN, RATING_MAX, RATING_STEP = 0.5, 5.0, 0.5
-
 
 def check_rating(value: float, field: str = "rating") -> float:
-    """A rating in 0.5–5 in steps of 0.5, or an error naming the field."""
-    if not (RATING_MIN <= value <= RATING_MAX) or (value / RATING_STEP) % 1 != 0:
-        raise InvalidInputError(
-            f"{field} must be between 0.5 and 5 in steps of 0.5, got {value}", field=field
-        )
+    """A rating that keeps the rule (``app.rating_scale``), or an error naming the field."""
+    if not rating_scale.is_valid_rating(value):
+        raise InvalidInputError(f"{field} must be {rating_scale.RULE}, got {value}", field=field)
     return float(value)
 
 

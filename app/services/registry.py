@@ -114,6 +114,17 @@ def mark_failed(session: Session, version_id: int, reason: str) -> None:
     session.flush()
 
 
+def clear_failure(session: Session, version_id: int) -> None:
+    """A failed version whose checkpoint verified again: registered (activatable) once more,
+    its note saying what had failed."""
+    version = session.get(ModelVersion, version_id)
+    if version is None or version.status != ModelStatus.failed.value:
+        return
+    version.status = ModelStatus.registered.value
+    version.note = f"verified again after: {version.note or 'a failure'}"[:2000]
+    session.flush()
+
+
 @dataclass(frozen=True)
 class Gate:
     activate: bool

@@ -112,6 +112,7 @@ export const api = {
   activate: (v) => request(`/admin/models/${v}/activate`, { method: "POST", admin: true }),
   retrain: (params = {}) => request("/admin/retrain", { method: "POST", admin: true, body: params }),
   jobs: () => request("/admin/jobs", { admin: true }),
+  cancelJob: (id) => request(`/admin/jobs/${id}/cancel`, { method: "POST", admin: true }),
 };
 
 /** The list inside a response, whether the server sends `{items: [...]}` or a bare array. */

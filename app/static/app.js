@@ -880,7 +880,7 @@ function viewAdmin() {
               ["Job", "Status", "Created", "Progress", "Model"].map((c) => h("th", { scope: "col" }, c)),
             ),
           ),
-          h("tbody", {}, rows.map(jobRow)),
+          h("tbody", {}, rows.map((j) => jobRow(j, () => jobs.refresh()))),
         ),
       );
     },
@@ -959,8 +959,21 @@ function retrainForm(queued) {
   );
 }
 
-function jobRow(j) {
+/** One job; a queued or running one has a Cancel button (`changed()` after it answers). */
+function jobRow(j, changed) {
   const p = j.progress || {};
+  const open = j.status === "queued" || j.status === "running";
+  const cancel = async (event) => {
+    const button = event.currentTarget;
+    button.disabled = true;
+    try {
+      await api.cancelJob(j.id);
+      announce(`Job ${j.id} cancelled`);
+      changed();
+    } catch (error) {
+      button.replaceWith(errorBox(error));
+    }
+  };
   const fraction = p.epochs ? Math.min(1, (p.epoch || 0) / p.epochs) : j.status === "succeeded" ? 1 : 0;
   const loss = p.loss ?? p.train_loss;
   const ndcg = p.val?.["ndcg@10"];
@@ -978,6 +991,13 @@ function jobRow(j) {
       j.params?.preset ? h("span", { class: "meta" }, ` ${j.params.preset} preset`) : null,
       j.error ? h("p", { class: "error" }, j.error) : null,
       j.message ? h("p", { class: "meta" }, j.message) : null,
+      open
+        ? h(
+            "button",
+            { type: "button", class: "secondary", onclick: cancel, "aria-label": `Cancel job ${j.id}` },
+            "Cancel",
+          )
+        : null,
     ),
     h("td", {}, when(j.created_at)),
     h(

@@ -90,6 +90,22 @@ class TestJobs:
         # ... so it no longer blocks a new retrain.
         assert client.post("/v1/admin/retrain", headers=AUTH).status_code == 202
 
+    def test_a_queued_job_is_cancelled_and_no_longer_blocks_a_retrain(
+        self, client: TestClient
+    ) -> None:
+        job = client.post("/v1/admin/retrain", headers=AUTH).json()
+        assert_problem(client.post("/v1/admin/retrain", headers=AUTH), 409, f"job {job['id']}")
+        r = client.post(f"/v1/admin/jobs/{job['id']}/cancel", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "cancelled" and r.json()["finished_at"]
+        listed = client.get(f"/v1/admin/jobs/{job['id']}", headers=AUTH).json()
+        assert listed["status"] == "cancelled" and listed["message"] == "cancelled by an admin"
+        again = client.post(f"/v1/admin/jobs/{job['id']}/cancel", headers=AUTH)
+        assert_problem(again, 409, "already ended", "cancelled")
+        assert client.post("/v1/admin/retrain", headers=AUTH).status_code == 202
+        assert_problem(client.post("/v1/admin/jobs/999/cancel", headers=AUTH), 404, "job 999")
+        assert_problem(client.post(f"/v1/admin/jobs/{job['id']}/cancel"), 401, "token")
+
 
 class TestModels:
     def test_list_activate_and_roll_back(
@@ -134,6 +150,24 @@ class TestModels:
             served.version_id
         )
         assert_problem(client.post(f"/v1/admin/models/{bad}/activate", headers=AUTH), 409, "failed")
+
+    def test_a_failed_version_whose_checkpoint_is_restored_activates(
+        self, client: TestClient, served, tiny_model, tmp_path: Path
+    ) -> None:
+        copy = copy_checkpoint(tiny_model, tmp_path)
+        weights = Path(copy.path) / "weights.safetensors"
+        sound = weights.read_bytes()
+        weights.write_bytes(sound[:-8] + bytes(range(8)))  # damaged on disk
+        bad = register_result(served.url, copy, activate=False)
+        assert_problem(client.post(f"/v1/admin/models/{bad}/activate", headers=AUTH), 409)
+        assert_problem(client.post(f"/v1/admin/models/{bad}/activate", headers=AUTH), 409)
+        weights.write_bytes(sound)  # restored from a backup
+
+        r = client.post(f"/v1/admin/models/{bad}/activate", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "active" and "verified again" in r.json()["note"]
+        assert client.get("/v1/users/2/recommendations").json()["model_version"] == bad
+        assert client.get("/v1/admin/models", headers=AUTH).json()["active"] == bad
 
     def test_unknown_version_is_404(self, client: TestClient) -> None:
         assert_problem(client.post("/v1/admin/models/4242/activate", headers=AUTH), 404, "4242")

@@ -174,7 +174,7 @@ class TestVisitorRecommendations:
         assert body["movie_ids"] == [777, 888]
 
     def test_rating_out_of_range_is_422(self, client: TestClient) -> None:
-        for bad in (0.0, 5.5, -1):
+        for bad in (0.0, 5.5, -1, 4.25, 0.7):  # the import refuses the same (app.rating_scale)
             r = client.post(
                 "/v1/recommendations", json={"ratings": [{"movie_id": 1, "rating": bad}]}
             )

@@ -6,6 +6,7 @@ import gc
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,13 @@ def wait_for_version(client: TestClient, version: int, timeout: float = 10.0) ->
     raise AssertionError(f"version {version} was not swapped in within {timeout} s")
 
 
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
+
+
 def activate_in_store(served, version_id: int) -> None:
     """Activate as another process would (e.g. the worker or another replica's admin call)."""
     with Session(served.engine) as session, session.begin():
@@ -61,10 +69,10 @@ def test_a_version_activated_elsewhere_is_swapped_in_while_serving(
     for t in threads:
         t.start()
     try:
-        time.sleep(0.3)
+        wait_until(lambda: served.version_id in versions, "an answer of the first version")
         activate_in_store(served, second)
         wait_for_version(client, second)
-        time.sleep(0.2)
+        wait_until(lambda: second in versions, "the clients to get the second version")
     finally:
         stop.set()
         for t in threads:
@@ -101,6 +109,62 @@ def test_a_version_that_fails_to_load_is_marked_failed_and_the_old_one_serves(
     assert models["active"] == served.version_id
 
 
+def test_a_version_that_failed_to_load_serves_once_restored_and_activated_again(
+    client: TestClient, served, tiny_model, tmp_path: Path
+) -> None:
+    copy = copy_checkpoint(tiny_model, tmp_path)
+    weights = Path(copy.path) / "weights.safetensors"
+    sound = weights.read_bytes()
+    weights.write_bytes(sound[:-8] + bytes(range(8)))
+    bad = register_result(served.url, copy, activate=False)
+    activate_in_store(served, bad)  # the process fails to load it and marks it failed
+    deadline = time.monotonic() + 10
+    while "last_failure" not in client.get("/readyz").json()["model"]:
+        assert time.monotonic() < deadline, "the load never failed"
+        time.sleep(0.05)
+    weights.write_bytes(sound)
+
+    r = client.post(f"/v1/admin/models/{bad}/activate", headers=admin_headers())
+    assert r.status_code == 200, r.text
+    assert client.get("/v1/users/2/recommendations").json()["model_version"] == bad
+    assert "last_failure" not in client.get("/readyz").json()["model"]
+
+
+def test_a_load_failure_is_reported_only_once_the_version_is_marked_failed_in_the_store(
+    served, tiny_model, tmp_path: Path
+) -> None:
+    """``/readyz`` naming a failed load means the store says so too (no window between them)."""
+    from sqlalchemy import text
+
+    from app.observability import Metrics
+    from app.serving import ModelHolder
+
+    bad = register_result(served.url, copy_checkpoint(tiny_model, tmp_path), activate=False)
+    activate_in_store(served, bad)
+    loading = threading.Event()
+
+    def failing_loader(path: str, device: str) -> Any:
+        loading.set()
+        raise RuntimeError("the disk is gone")
+
+    holder = ModelHolder(served.engine, device="cpu", metrics=Metrics(), loader=failing_loader)
+    with served.engine.connect() as blocker:
+        # Another transaction holds the version's row: marking it failed has to wait.
+        blocker.execute(text("UPDATE model_versions SET note = 'busy' WHERE id = :id"), {"id": bad})
+        refresh = threading.Thread(target=holder.refresh)
+        refresh.start()
+        assert loading.wait(10)
+        refresh.join(timeout=0.5)  # long enough to reach the blocked write
+        assert refresh.is_alive()
+        assert holder.last_failure is None  # not reported while the store does not say it
+        blocker.rollback()
+    refresh.join(timeout=30)
+    assert holder.last_failure is not None and holder.last_failure.version_id == bad
+    with Session(served.engine) as session:
+        version = session.get(ModelVersion, bad)
+        assert version is not None and version.status == "failed"
+
+
 def test_the_catalogue_is_reloaded_when_movies_are_added(client: TestClient, served) -> None:
     from app.db.models import Movie
 
@@ -115,6 +179,46 @@ def test_the_catalogue_is_reloaded_when_movies_are_added(client: TestClient, ser
     # A movie the model has never seen is accepted in a visitor's ratings and never recommended.
     items = client.post("/v1/recommendations", json={**body, "n": 100}).json()["items"]
     assert 31 not in {i["movie_id"] for i in items}
+
+
+def test_titles_and_genres_changed_by_an_import_show_everywhere_without_a_restart(
+    client: TestClient, served, tmp_path: Path
+) -> None:
+    from app.ingest.formats import custom_csv
+    from app.ingest.importer import import_dataset
+
+    def all_items() -> list[dict[str, Any]]:
+        """What the model routes show: a user's list, similar films, a genre filter."""
+        mine = client.get("/v1/users/2/recommendations", params={"n": 100}).json()["items"]
+        similar = client.get("/v1/movies/1/similar", params={"n": 100}).json()["items"]
+        return mine + similar
+
+    assert all(i["title"].startswith("Film ") for i in all_items())
+    # The same movies (same count, same largest id) with new titles and, for 16-30, a new genre.
+    movies = tmp_path / "movies.csv"
+    movies.write_text(
+        "movie_id,title,genres\n"
+        + "".join(
+            f"{m},Renamed {m:02d} ({1980 + m}),{'Action|Comedy' if m < 16 else 'Western'}\n"
+            for m in range(1, 31)
+        )
+    )
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("user_id,movie_id,rating\n2,1,4.0\n")
+    import_dataset(served.url, custom_csv(ratings, movies), progress=False)
+    assert client.get("/v1/movies/20").json()["genres"] == ["Western"]  # read from the store
+
+    visitor = {"ratings": [{"movie_id": 1, "rating": 5}], "n": 100, "genres": ["Western"]}
+    deadline = time.monotonic() + 10
+    while any(i["title"].startswith("Film ") for i in all_items()):
+        assert time.monotonic() < deadline, "the new titles never reached the model routes"
+        time.sleep(0.05)
+    assert all(i["title"].startswith("Renamed ") for i in all_items())
+    western = client.post("/v1/recommendations", json=visitor).json()["items"]
+    assert {i["movie_id"] for i in western} == set(range(16, 31))
+    assert all(i["genres"] == ["Western"] for i in western)
+    drama = client.post("/v1/recommendations", json={**visitor, "genres": ["Drama"]}).json()
+    assert drama["items"] == []
 
 
 def test_start_up_objects_are_frozen_and_a_swapped_out_model_is_collected(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -43,7 +44,9 @@ def test_bad_line_exits_2_with_file_and_line(env, tmp_path: Path) -> None:
         cli, ["data", "import", "--ratings", str(ratings), "--movies", str(movies), "--no-progress"]
     )
     assert result.exit_code == 2
-    assert f"error: {ratings}:3: rating 5.5 is outside 0.5-5" in result.stderr
+    assert f"error: {ratings}:3: rating 5.5 is not between 0.5 and 5 in steps of 0.5" in (
+        result.stderr
+    )
     assert snapshot(env.url) == ({}, {}, {})
 
     skipped = runner.invoke(
@@ -54,6 +57,43 @@ def test_bad_line_exits_2_with_file_and_line(env, tmp_path: Path) -> None:
     assert skipped.exit_code == 0
     assert "skipped 1 invalid lines" in skipped.output and f"{ratings}:3:" in skipped.output
     assert len(snapshot(env.url)[2]) == 2
+
+
+def test_a_damaged_archive_exits_2_with_an_error_line(env, tmp_path: Path) -> None:
+    folder = write_100k(tmp_path / "ml-100k")
+    archive = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:  # stored: bytes as written
+        for path in sorted(folder.iterdir()):
+            zf.write(path, f"ml-100k/{path.name}")
+    data = archive.read_bytes()
+    first_line = (folder / "u.data").read_bytes().split(b"\n")[0]  # "user movie rating time"
+    at = data.index(first_line)
+    fields = first_line.split(b"\t")
+    changed = b"\t".join([*fields[:2], b"1" if fields[2] != b"1" else b"2", *fields[3:]])
+    archive.write_bytes(data[:at] + changed + data[at + len(first_line) :])  # a valid line, bad CRC
+
+    result = runner.invoke(cli, ["data", "import", str(archive), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {archive}: the zip archive is damaged: Bad CRC-32")
+    assert "Traceback" not in result.output
+    assert snapshot(env.url) == ({}, {}, {})
+
+
+def test_a_movie_id_twice_exits_2_naming_both_lines(env, tmp_path: Path) -> None:
+    movies = write_csv(
+        tmp_path / "movies.csv",
+        "movie_id,title,genres",
+        ["1,Heat (1995),Action", "2,Casino (1995),Drama", "1,Heat 2 (1996),Crime"],
+    )
+    ratings = write_csv(tmp_path / "ratings.csv", "user_id,movie_id,rating", ["1,1,4"])
+    args = ["data", "import", "--ratings", str(ratings), "--movies", str(movies), "--no-progress"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert f"error: {movies}:4: movie id 1 is already on line 2" in result.stderr
+    assert snapshot(env.url) == ({}, {}, {})
+    skipped = runner.invoke(cli, [*args, "--skip-invalid"])
+    assert skipped.exit_code == 0 and f"{movies}:4:" in skipped.output
+    assert snapshot(env.url)[0][1] == ("Heat", 1995, "Action")  # the first line's movie
 
 
 def test_usage_errors(env, tmp_path: Path) -> None:

@@ -95,8 +95,10 @@ def test_movie_update_and_no_timestamp(database, tmp_path: Path) -> None:
 BAD_LINES = [
     ("1,2", "expected 4 fields separated by ',', found 2"),
     ("1,2,3,4,5", "expected 4 fields separated by ',', found 5"),
-    ("1,2,5.5,100", "rating 5.5 is outside 0.5-5"),
-    ("1,2,0,100", "rating 0 is outside 0.5-5"),
+    ("1,2,5.5,100", "rating 5.5 is not between 0.5 and 5 in steps of 0.5"),
+    ("1,2,0,100", "rating 0 is not between 0.5 and 5 in steps of 0.5"),
+    ("1,2,4.25,100", "rating 4.25 is not between 0.5 and 5 in steps of 0.5"),
+    ("1,2,0.7,100", "rating 0.7 is not between 0.5 and 5 in steps of 0.5"),
     ("1,2,abc,100", "rating 'abc' is not a number"),
     ("x,2,3,100", "user_id 'x' is not a number"),
     ("1.5,2,3,100", "user_id 1.5 is not an integer id"),
@@ -261,7 +263,7 @@ def test_postgres_invalid_line_in_a_later_chunk_aborts_the_open_copy(bulk, tmp_p
     its connection usable for the next import."""
     database, keys = bulk
     lines = ["1,1,3.0,2000", "1,2,4.5,1000", "2,3,2.0,500", "2,1,7.0,700"]
-    with pytest.raises(IngestError, match=r"ratings\.csv:5: rating 7\.0 is outside"):
+    with pytest.raises(IngestError, match=r"ratings\.csv:5: rating 7\.0 is not between"):
         run(database.url, tmp_path, lines, GOOD_MOVIES, block_bytes=16)
     assert snapshot(database.url) == ({}, {}, {})
     assert ratings_keys(database.url) == keys

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.db import migrate
 from app.db.base import Base
 from app.db.session import make_engine
+from app.repositories import movies as movies_repo
 
-EXPECTED_TABLES = {"movies", "users", "ratings", "model_versions", "training_jobs"}
+EXPECTED_TABLES = {
+    "movies",
+    "users",
+    "ratings",
+    "model_versions",
+    "training_jobs",
+    "workers",
+    "catalogue_version",
+}
 
 
 @pytest.mark.parametrize("fresh_database", ["sqlite", "postgresql"], indirect=True)
@@ -100,3 +112,34 @@ def test_search_columns_are_filled_for_stored_movies(fresh_database) -> None:
         ).all()
     engine.dispose()
     assert [tuple(r) for r in rows] == [(1, "godfather", 2), (2, "amelie", 1), (3, "heat", 0)]
+
+
+def test_every_write_to_movies_bumps_the_catalogue_version(database) -> None:
+    """Insert, update (a title only: count and largest id unchanged), delete, empty."""
+
+    def version() -> int:
+        with Session(database.engine) as session:
+            return movies_repo.signature(session)
+
+    seen = [version()]
+    for stmt in (
+        "INSERT INTO movies (id, title, genres) VALUES (1, 'A', ''), (2, 'B', '')",
+        "UPDATE movies SET title = 'A2' WHERE id = 1",
+        "UPDATE movies SET genres = 'Drama' WHERE id = 2",
+        "DELETE FROM movies WHERE id = 2",
+        "DELETE FROM movies",
+    ):
+        with database.engine.begin() as conn:
+            conn.execute(text(stmt))
+        seen.append(version())
+    assert all(b > a for a, b in itertools.pairwise(seen)), seen
+    with database.engine.begin() as conn:  # a write that is rolled back changes nothing
+        conn.execute(text("INSERT INTO movies (id, title, genres) VALUES (3, 'C', '')"))
+        conn.rollback()
+    assert version() == seen[-1]
+    with database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO movies (id, title, genres) VALUES (4, 'D', '')"))
+    before = version()
+    with database.engine.begin() as conn:  # a rating count is not the catalogue
+        conn.execute(text("UPDATE movies SET rating_count = rating_count + 1 WHERE id = 4"))
+    assert version() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import timedelta
@@ -11,10 +12,11 @@ import pytest
 from sqlalchemy.orm import Session
 
 from app.db.models import JobStatus, ModelVersion, TrainingJob, utcnow
+from app.repositories import jobs as jobs_repo
 from app.services import registry
-from app.worker import Heartbeat, Worker
+from app.worker import Heartbeat, JobInterrupted, Worker
 from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
-from tests.app.test_api_helpers import app_settings, register_result
+from tests.app.test_api_helpers import app_settings, copy_checkpoint, register_result
 
 
 def add_job(db, **values) -> int:
@@ -78,7 +80,9 @@ def test_heartbeat_thread_beats_and_notices_a_lost_job(env, tmp_path: Path) -> N
     assert worker.claim() == job_id
     first_beat = job(env, job_id).heartbeat_at
     with Heartbeat(worker.sessions, job_id, "w", every=0.05) as heartbeat:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while job(env, job_id).heartbeat_at == first_beat and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert job(env, job_id).heartbeat_at > first_beat  # type: ignore[operator]
         with Session(env.engine) as session, session.begin():
             session.get(TrainingJob, job_id).status = "failed"  # type: ignore[union-attr]
@@ -149,3 +153,42 @@ def test_activation_gate_and_unvalidated_models(
 ) -> None:
     gate = registry.activation_gate(new, active, tolerance=0.0)
     assert (gate.activate, gate.reason) == (activate, reason)
+
+
+def test_a_job_cancelled_after_training_registers_nothing(
+    served, tiny_model, tmp_path: Path
+) -> None:
+    worker = Worker(app_settings(served.url, tmp_path), worker_id="w")
+    job_id = add_job(served)
+    assert worker.claim() == job_id
+    trained = copy_checkpoint(tiny_model, tmp_path / "out")  # what training just wrote
+    with Session(served.engine) as session, session.begin():
+        assert jobs_repo.cancel(session, job_id, utcnow())
+    with pytest.raises(JobInterrupted, match="cancelled"):
+        worker._register(job_id, trained)
+    with Session(served.engine) as session:
+        assert [v.id for v in registry.list_versions(session)] == [served.version_id]
+    assert job(served, job_id).status == "cancelled"
+
+
+def test_a_stopping_worker_interrupts_at_the_next_check(env, tmp_path: Path) -> None:
+    worker = Worker(app_settings(env.url, tmp_path), worker_id="w")
+    job_id = add_job(env)
+    assert worker.claim() == job_id
+    with Heartbeat(worker.sessions, job_id, "w", every=10) as heartbeat:
+        worker.check_stop(heartbeat)  # nothing asked: no interruption
+        worker.stop("the worker received SIGTERM")
+        with pytest.raises(JobInterrupted, match="SIGTERM"):
+            worker.check_stop(heartbeat)
+
+
+def test_a_worker_whose_parent_is_gone_interrupts(env, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MOVIEREC_WORKER_PARENT_PID", str(os.getppid() + 1))
+    worker = Worker(app_settings(env.url, tmp_path), worker_id="w")
+    job_id = add_job(env)
+    assert worker.claim() == job_id
+    with (
+        Heartbeat(worker.sessions, job_id, "w", every=10) as heartbeat,
+        pytest.raises(JobInterrupted, match="is gone"),
+    ):
+        worker.check_stop(heartbeat)

@@ -12,8 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from app.db import migrate
+from app.db.session import make_engine
 
 
 def free_port() -> int:
@@ -72,6 +74,64 @@ def test_serve_runs_an_embedded_worker_and_stops_it(tmp_path: Path) -> None:
         while alive(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive(worker)
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+@pytest.mark.slow  # two processes importing torch
+def test_ctrl_c_stops_serve_and_its_worker_without_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    port = free_port()
+    env = {
+        **os.environ,
+        "MOVIEREC_DATABASE_URL": url,
+        "MOVIEREC_MODEL_DIR": str(tmp_path / "models"),
+        "MOVIEREC_ENVIRONMENT": "test",
+        "MOVIEREC_LOG_LEVEL": "INFO",
+    }
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from app.cli import main; main()",
+                "serve",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not worker_pids(server.pid):
+            assert time.monotonic() < deadline and server.poll() is None, log_path.read_text()
+            time.sleep(0.2)
+        engine = make_engine(url)
+        try:  # the worker reports itself once its signal handlers are in place
+            while True:
+                with engine.connect() as conn:
+                    if conn.execute(text("SELECT count(*) FROM workers")).scalar():
+                        break
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+        finally:
+            engine.dispose()
+        [worker] = worker_pids(server.pid)
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C: the whole group
+        assert server.wait(timeout=30) is not None
+        deadline = time.monotonic() + 10
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker)
+        output = log_path.read_text()
+        assert "restarting it" not in output, output
+        assert "SIGTERM: stopping" in output  # stopped by the server, after its shutdown
     finally:
         if server.poll() is None:
             server.kill()

@@ -384,6 +384,15 @@ def test_admin_lists_models_and_follows_a_retrain(
     expect(page.get_by_role("button", name="Activate model v1")).to_be_enabled()
     screenshot(page, "admin", tmp_path, full_page=True)
 
+    # A queued job is cancelled from its row (no worker runs now: it stays queued until then).
+    page.get_by_role("button", name="Retrain now").click()
+    newest = jobs.locator("tbody tr").first
+    expect(newest).to_contain_text("queued")
+    newest.get_by_role("button", name="Cancel job").click()
+    expect(newest).to_contain_text("cancelled")
+    expect(newest).to_contain_text("cancelled by an admin")
+    expect(jobs.get_by_role("button", name="Cancel job")).to_have_count(0)
+
 
 def test_errors_show_the_servers_detail(page: Page) -> None:
     page.goto("/#/movie/999999")

@@ -109,6 +109,7 @@ def test_retrain_through_the_worker_swaps_in_the_new_version_without_errors(
     for t in clients:
         t.start()
     try:
+        wait_until(lambda: served.version_id in versions, 10, "an answer of the old version")
         queued = api.post("/v1/admin/retrain", json={"epochs": 2}, headers=AUTH)
         assert queued.status_code == 202
         job_id = queued.json()["id"]
@@ -131,7 +132,7 @@ def test_retrain_through_the_worker_swaps_in_the_new_version_without_errors(
             10,
             "the new version to serve",
         )
-        time.sleep(0.3)
+        wait_until(lambda: new_version in versions, 10, "the clients to get the new version")
     finally:
         stop.set()
         for t in clients:
@@ -175,3 +176,68 @@ def test_a_worker_killed_mid_job_leaves_a_failed_job_and_the_model_unchanged(
     assert body["model_version"] == served.version_id
     # A new retrain is accepted again.
     assert api.post("/v1/admin/retrain", headers=AUTH).status_code == 202
+
+
+def start_long_job(api: TestClient) -> int:
+    queued = api.post("/v1/admin/retrain", json={"preset": "seed", "epochs": 5000}, headers=AUTH)
+    assert queued.status_code == 202, queued.text
+    job_id = int(queued.json()["id"])
+
+    def training() -> bool:
+        job = api.get(f"/v1/admin/jobs/{job_id}", headers=AUTH).json()
+        assert job["status"] in ("queued", "running"), job
+        return job["status"] == "running" and job["progress"].get("epoch", 0) >= 1
+
+    wait_until(training, 60, "the job to be training")
+    return job_id
+
+
+def test_a_running_job_is_cancelled_and_the_worker_takes_the_next_one(
+    api: TestClient, served, worker_process: subprocess.Popen[bytes]
+) -> None:
+    job_id = start_long_job(api)
+    assert api.get("/readyz").json()["worker"] == {"alive": 1, "busy": 1, "restarts": 0}
+
+    cancelled = api.post(f"/v1/admin/jobs/{job_id}/cancel", headers=AUTH)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
+    # The worker lets go within a heartbeat (0.2 s here) and a mini-batch.
+    asked = time.monotonic()
+    wait_until(lambda: api.get("/readyz").json()["worker"]["busy"] == 0, 5, "the worker to stop")
+    sys.stderr.write(
+        f"cancelled: the worker was idle again after {time.monotonic() - asked:.2f} s\n"
+    )
+    job = api.get(f"/v1/admin/jobs/{job_id}", headers=AUTH).json()
+    assert job["status"] == "cancelled" and job["progress"]["epoch"] < 5000
+    assert job["model_version_id"] is None
+    again = api.post(f"/v1/admin/jobs/{job_id}/cancel", headers=AUTH)
+    assert again.status_code == 409 and "already ended" in again.json()["detail"]
+
+    queued = api.post("/v1/admin/retrain", json={"epochs": 1}, headers=AUTH)
+    assert queued.status_code == 202
+    next_id = queued.json()["id"]
+
+    def finished() -> dict[str, Any] | None:
+        job = api.get(f"/v1/admin/jobs/{next_id}", headers=AUTH).json()
+        return job if job["status"] in ("succeeded", "failed") else None
+
+    done = wait_until(finished, 90, "the next job to finish")
+    assert done["status"] == "succeeded", done["error"]
+    versions = api.get("/v1/admin/models", headers=AUTH).json()["items"]
+    assert sorted(v["id"] for v in versions) == [served.version_id, done["model_version_id"]]
+    assert worker_process.poll() is None
+
+
+def test_sigterm_stops_a_training_worker_within_seconds_and_fails_its_job(
+    api: TestClient, served, worker_process: subprocess.Popen[bytes]
+) -> None:
+    job_id = start_long_job(api)
+    worker_process.send_signal(signal.SIGTERM)
+    asked = time.monotonic()
+    assert worker_process.wait(timeout=10) == 0  # at the next mini-batch, not the epoch's end
+    sys.stderr.write(f"SIGTERM: the worker exited after {time.monotonic() - asked:.2f} s\n")
+    job = api.get(f"/v1/admin/jobs/{job_id}", headers=AUTH).json()
+    assert job["status"] == "failed" and "interrupted" in job["error"]
+    assert "SIGTERM" in job["error"] and job["progress"]["epoch"] < 5000
+    assert api.get("/readyz").json()["worker"]["alive"] == 0
+    assert api.get("/readyz").json()["worker"]["last_exit"] == "the worker received SIGTERM"

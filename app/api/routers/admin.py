@@ -90,6 +90,19 @@ async def get_job(session: SessionDep, settings: SettingsDep, job_id: JobId) -> 
     return job_out(jobs_service.get_job(session, job_id, settings.heartbeat_timeout_seconds))
 
 
+@router.post(
+    "/jobs/{job_id}/cancel",
+    summary="Cancel a queued or running training job",
+    description="A queued job is never run; a running one stops at its worker's next heartbeat "
+    "(`MOVIEREC_HEARTBEAT_SECONDS`) and mini-batch, and registers nothing. A job that already "
+    "ended is a conflict.",
+    responses=problem_responses(*AUTH, 404, 409, 422, 503),
+)
+async def cancel_job(session: SessionDep, settings: SettingsDep, job_id: JobId) -> JobOut:
+    job = jobs_service.cancel_job(session, job_id, settings.heartbeat_timeout_seconds)
+    return job_out(job)
+
+
 @router.get("/models", summary="Model versions", responses=problem_responses(*AUTH, 503))
 async def list_models(session: SessionDep) -> ModelList:
     versions = models_service.list_models(session)

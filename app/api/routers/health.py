@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from app.api.schemas.health import Health, Ping, Readiness
 from app.repositories import jobs as jobs_repo
+from app.services import jobs as jobs_service
 
 router = APIRouter(tags=["health"])
 DB_CHECK_TIMEOUT = 3.0
@@ -32,6 +33,16 @@ async def database_status(request: Request) -> dict[str, object]:
     return {"ok": True}
 
 
+def _worker_status(request: Request) -> dict[str, object]:
+    """``jobs_service.worker_summary``, or the error that prevented reading it."""
+    state = request.app.state
+    try:
+        with state.sessions() as session:
+            return jobs_service.worker_summary(session, state.settings.heartbeat_timeout_seconds)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+
+
 @router.get("/healthz", summary="The process is alive")
 async def healthz() -> Health:
     return Health(status="ok")
@@ -47,8 +58,12 @@ async def readyz(request: Request) -> JSONResponse:
     model = request.app.state.holder.readiness()
     if not model["loaded"]:
         model["error"] = "no model loaded: run `movierec train` (or POST /v1/admin/retrain)"
+    # The training workers are shown, not required: the API answers without them.
+    worker = await asyncio.to_thread(_worker_status, request) if database["ok"] else {}
     ready = bool(database["ok"]) and bool(model["loaded"])
-    body = Readiness(status="ready" if ready else "not ready", database=database, model=model)
+    body = Readiness(
+        status="ready" if ready else "not ready", database=database, model=model, worker=worker
+    )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
@@ -64,8 +79,12 @@ async def metrics(request: Request) -> Response:
     try:
         with state.sessions() as session:
             counts = jobs_repo.counts_by_status(session)
+            workers = jobs_service.worker_summary(session, state.settings.heartbeat_timeout_seconds)
         for status in ("queued", "running", "succeeded", "failed", "cancelled"):
             state.metrics.jobs.labels(status).set(counts.get(status, 0))
+        state.metrics.workers.labels("busy").set(workers["busy"])
+        state.metrics.workers.labels("idle").set(workers["alive"] - workers["busy"])
+        state.metrics.worker_restarts.set(workers["restarts"])
     except Exception:  # the database being down must not hide the other metrics
         pass
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

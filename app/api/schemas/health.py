@@ -18,6 +18,12 @@ class Readiness(BaseModel):
         description="Loaded version, the device it runs on, the weights' precision and the "
         "last load failure."
     )
+    worker: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Training workers (not needed to be ready): `alive` and `busy` (heartbeat "
+        "within the timeout), `restarts` of the newest one by `movierec serve`, and "
+        "`last_exit`, how the last worker that stopped ended.",
+    )
 
 
 class Ping(BaseModel):

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from app.api.schemas.common import UtcDatetime
+from app.rating_scale import RATING_MAX, RATING_MIN, RATING_STEP, RULE
 
 
 class RatingIn(BaseModel):
     rating: float = Field(
-        ge=0.5, le=5, multiple_of=0.5, description="The rating, 0.5 to 5 in steps of 0.5."
+        ge=RATING_MIN, le=RATING_MAX, multiple_of=RATING_STEP, description=f"The rating, {RULE}."
     )
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from app.api.schemas.common import MAX_ID
+from app.rating_scale import RATING_MAX, RATING_MIN, RATING_STEP, RULE
 
 
 class RecommendedMovie(BaseModel):
@@ -31,7 +32,12 @@ class RecommendationsOut(BaseModel):
 
 class VisitorRating(BaseModel):
     movie_id: int = Field(ge=0, le=MAX_ID, description="A movie of the catalogue.")
-    rating: float = Field(ge=0.5, le=5, description="The visitor's rating, 0.5 to 5.")
+    rating: float = Field(
+        ge=RATING_MIN,
+        le=RATING_MAX,
+        multiple_of=RATING_STEP,
+        description=f"The visitor's rating, {RULE}.",
+    )
 
 
 class VisitorRequest(BaseModel):
