@@ -16,19 +16,18 @@ Results go to ``<dir>/serve-results.json`` and a Markdown table on stdout.
 
     python bench/bench_serve.py --dir var/bench/serve --duration 10 --connections 8
 
-``--trees LABEL=DIR,...`` serves from source trees of other revisions (e.g. unpacked with
-``git archive REV | tar -x -C DIR``), one after the other against the same store and model, so
-that the effect of each change is measured side by side in one run on the same machine state.
-``--configs LABEL:VAR=VALUE+VAR=VALUE,...`` does the same for server settings (environment
-variables); the default, ``computed:MOVIEREC_RESULT_MEMO_SIZE=0,default:``, measures every
-answer computed (the result memo off) and the default server, whose memo answers the requests
-for users asked before. Every server is warmed up first: each user asked once, then 2 s of
-random users; with the memo on and room for every user, the measured runs are then its steady
-state for returning users (each run reports the memo's hit rate). ``--versions V1,V2`` serves each of those registered
-model versions in turn (e.g. one trained with ``movierec train --preset fast --no-activate``
-into the benchmark's store); ``--workers N`` starts N uvicorn worker processes (the ping
-endpoint gets the same server). ``--rounds R`` repeats every (tree, configuration) R times,
-interleaved, and keeps every run.
+``--trees LABEL=DIR,...`` serves from source trees of other revisions (e.g. unpacked with ``git
+archive REV | tar -x -C DIR``), one after the other against the same store and model, so that the
+effect of each change is measured side by side in one run on the same machine state. ``--configs
+LABEL:VAR=VALUE+VAR=VALUE,...`` does the same for server settings (environment variables); the
+default, ``computed:MOVIEREC_RESULT_MEMO_SIZE=0,default:``, measures every answer computed (the
+result memo off) and the default server, whose memo answers the requests for users asked before.
+Every server is warmed up first: each user asked once, then 2 s of random users; with the memo on
+and room for every user, the measured runs are then its steady state for returning users (each run
+reports the memo's hit rate). ``--versions V1,V2`` serves each of those registered model versions
+in turn (e.g. one trained with ``movierec train --preset fast --no-activate`` into the benchmark's
+store); ``--workers N`` starts N uvicorn worker processes (the ping endpoint gets the same server).
+``--rounds R`` repeats every (tree, configuration) R times, interleaved, and keeps every run.
 
 Besides wrk's figures, each run records the server's CPU time per request (user + system of
 the server process and its workers, from /proc, over the wrk run): on a shared machine it moves
