@@ -8,32 +8,58 @@ contend (see the serving notes).
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.observability import Metrics
-from app.services.errors import AdminDisabledError, NotAuthenticatedError, ServiceError
+from app.services.errors import (
+    AdminDisabledError,
+    NotAuthenticatedError,
+    NotStoredError,
+    ServiceError,
+)
 from app.serving import MicroBatcher, ModelHolder, ServingState
+
+log = logging.getLogger("movierec.api")
 
 
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def _commit(session: Session) -> None:
+    """Commit, or raise ``NotStoredError`` (a 503) when the store refuses the commit."""
+    try:
+        session.commit()
+    except SQLAlchemyError as exc:
+        log.error("commit failed, the request's changes are not stored: %s", exc)
+        session.rollback()
+        raise NotStoredError(
+            "the change was not stored: the database failed to commit it; retry shortly"
+        ) from exc
+
+
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """One session per request; the request owns the transaction (commit on success)."""
+    """One session per request; the request owns the transaction (commit on success).
+
+    Declared with ``scope="function"`` (``SessionDep``): the commit runs when the endpoint
+    returns and before the response is sent, so a response never acknowledges a write that
+    is not stored, and a failed commit becomes the request's answer (503, nothing stored).
+    """
     session: Session = request.app.state.sessions()
     try:
         yield session
-        session.commit()
+        _commit(session)
     except ServiceError as exc:
         if exc.commit_changes:
-            session.commit()
+            _commit(session)
         else:
             session.rollback()
         raise
@@ -82,7 +108,7 @@ async def require_admin(
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]

@@ -27,6 +27,7 @@ from app.services.errors import (
     ModelUnavailableError,
     NotAuthenticatedError,
     NotFoundError,
+    NotStoredError,
     ServiceError,
 )
 
@@ -39,6 +40,7 @@ SERVICE_STATUS: dict[type[ServiceError], int] = {
     InvalidInputError: 422,
     ConflictError: 409,
     ModelUnavailableError: 503,
+    NotStoredError: 503,
     CheckpointRefusedError: 409,
     NotAuthenticatedError: 401,
     AdminDisabledError: 403,
