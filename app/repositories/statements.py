@@ -19,7 +19,7 @@ def insert_unless_present(
     writer has already serialised it)."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
+    stmt: Any = (
         insert(model)
         .values(**values)
         .on_conflict_do_nothing(index_elements=list(keys))
