@@ -59,8 +59,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Recommendation answers of stored users kept per API process and reused for "
         "the same model, parameters and user ratings, as the request's own query read them, so "
-        "an answer is never stale (0 = off). Each entry holds the user's ratings as its key: "
-        "about 11 KB for a user with 100 ratings.",
+        "an answer is never stale (0 = off). Also bounded in bytes: result_memo_bytes.",
+    )
+    result_memo_bytes: int = Field(
+        32 << 20,
+        ge=0,
+        description="Bytes the result memo of one API process may hold, keys and answers "
+        "together (0 = off). An entry holds the user's ratings packed as its key (16 bytes a "
+        "rating) and the answer (about 200 bytes a movie): some 2.5 KB for a user with 100 "
+        "ratings asking for 10 movies, so the default 32 MiB holds the default 2,048 entries "
+        "with room to spare, and a few heavy users cannot grow a process past it.",
     )
     result_memo_carry: int = Field(
         1024,

@@ -147,7 +147,10 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     memo_hit = metrics.memo_lookups.labels("hit").inc
     memo_miss = metrics.memo_lookups.labels("miss").inc
     memo = ResultMemo(
-        settings.result_memo_size, on_lookup=lambda hit: memo_hit() if hit else memo_miss()
+        settings.result_memo_size,
+        on_lookup=lambda hit: memo_hit() if hit else memo_miss(),
+        max_bytes=settings.result_memo_bytes,
+        weigh=rec_service.memo_entry_bytes,
     )
     app.state.memo = memo
     app.state.holder = ModelHolder(

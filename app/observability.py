@@ -85,6 +85,12 @@ class Metrics:
             "Answers held in this process's result memo (refreshed when metrics are scraped).",
             registry=self.registry,
         )
+        self.memo_bytes = Gauge(
+            "movierec_result_memo_bytes",
+            "Bytes held by this process's result memo, as it counts them (refreshed when metrics "
+            "are scraped); at most MOVIEREC_RESULT_MEMO_BYTES.",
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "movierec_forward_batch_size",
             "Recommendation requests scored together in one forward pass.",

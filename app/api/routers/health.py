@@ -61,6 +61,7 @@ async def readyz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     state = request.app.state
     state.metrics.memo_entries.set(len(state.memo))
+    state.metrics.memo_bytes.set(state.memo.bytes)
     try:
         with state.sessions() as session:
             counts = jobs_repo.counts_by_status(session)
