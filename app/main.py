@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import sessionmaker
 
-from app.api import problems
+from app.api import openapi, problems
 from app.api.hot import HotRecommendations
 from app.api.routers import admin, health, movies, recommendations, users
 from app.config import Settings, get_settings
@@ -161,6 +161,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
         prepare=_memo_carrier(memo, min(settings.result_memo_carry, settings.result_memo_size)),
     )
     problems.install(app)
+    openapi.install(app)
     for module in (health, movies, users, recommendations, admin):
         app.include_router(module.router)
     _mount_page(app)

@@ -26,15 +26,15 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
-from app.api.routers.params import query_filters
+from app.api.routers.params import make_filters
 from app.api.routers.recommendations import recommendations_body
 from app.api.schemas.common import MAX_ID
 from app.observability import ASGIApp, Receive, Scope, Send
 from app.services import recommendations as rec_service
 
 ROUTE_PATH = "/v1/users/{user_id}/recommendations"
-PATH = re.compile(r"/v1/users/([0-9]{1,10})/recommendations")
-NUMBER = re.compile(r"[0-9]{1,6}")
+PATH = re.compile(r"/v1/users/(0|[1-9][0-9]{0,9})/recommendations")
+NUMBER = re.compile(r"0|[1-9][0-9]{0,5}")  # canonical, as the route's WholeNumber
 
 # name: (low, high) of the integer parameters, as declared on the route.
 INT_BOUNDS = {
@@ -156,12 +156,15 @@ class HotRecommendations:
 
     async def _recommend(self, p: HotParams) -> tuple[bytes, bytes]:
         """The declared route's work: the same service call and the same JSON body."""
-        filters = query_filters(p.genres, p.year_min, p.year_max, p.exclude)
         state = self.api.state
         holder = state.holder
+        live = holder.state
+        filters = make_filters(
+            p.genres, p.year_min, p.year_max, p.exclude, None if live is None else live.catalogue
+        )
         result = await rec_service.recommend_for_user(
             holder.ratings,
-            holder.state,
+            live,
             state.batcher,
             p.user_id,
             p.n,

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.repositories import ratings as ratings_repo
 from app.repositories import users as users_repo
 from app.repositories.ratings import RatingsReader
-from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
+from app.services.errors import ModelUnavailableError, NotFoundError
 from app.serving import MicroBatcher, ResultMemo, ServingState, rank_batch
 
 NO_MODEL_DETAIL = (
@@ -245,8 +245,9 @@ async def recommend_for_visitor(
     live = require_state(state)
     unknown = live.catalogue.unknown(m for m, _ in ratings)
     if unknown:
-        raise InvalidInputError(
-            f"ratings name movies that are not in the catalogue: {unknown}", movie_ids=unknown
+        raise NotFoundError(
+            f"ratings name movies that are not in the catalogue: {unknown[:20]}",
+            movie_ids=unknown[:100],
         )
     return await recommend_from_ratings(live, batcher, dict(ratings), n, offset, filters)
 
@@ -261,8 +262,9 @@ def predict_for_user(
     live = require_state(state)
     unknown = live.catalogue.unknown(movie_ids)
     if unknown:
-        raise InvalidInputError(
-            f"movie_ids names movies that are not in the catalogue: {unknown}", movie_ids=unknown
+        raise NotFoundError(
+            f"movie_ids names movies that are not in the catalogue: {unknown[:20]}",
+            movie_ids=unknown[:100],
         )
     predicted = live.recommender.predict(ratings, list(movie_ids))
     return live.version_id, {

@@ -105,7 +105,7 @@ def test_the_catalogue_is_reloaded_when_movies_are_added(client: TestClient, ser
     from app.db.models import Movie
 
     body = {"ratings": [{"movie_id": 31, "rating": 4.0}], "n": 3}
-    assert client.post("/v1/recommendations", json=body).status_code == 422
+    assert client.post("/v1/recommendations", json=body).status_code == 404
     with Session(served.engine) as session, session.begin():
         session.add(Movie(id=31, title="Film 31", year=2011, genres="Drama"))
     deadline = time.monotonic() + 10

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.schemas.common import UtcDatetime
 from ml.train import PRESETS
 
 
 class RetrainRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # a boolean is not a number, 1.0 not an id
+
     epochs: int | None = Field(None, ge=1, le=10_000, description="Override the preset's epochs.")
     preset: str | None = Field(
         None,

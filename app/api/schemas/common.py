@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_ID = 2_147_483_647  # ids are 32-bit integers in the store
+CANONICAL_INTEGER = re.compile(r"0|[1-9][0-9]*")
+
+
+def _canonical_integer(value: object) -> object:
+    """A path or query integer as text must be written canonically: ``1`` is user 1, while
+    ``1.0``, `` 1``, ``+1`` and ``01`` are refused (422), not read as 1."""
+    if isinstance(value, str) and CANONICAL_INTEGER.fullmatch(value) is None:
+        raise ValueError(
+            "must be a whole number in plain decimal digits (no sign, point, space or leading "
+            f"zero), got {value[:40]!r}"
+        )
+    return value
+
+
+# The integer of a path or query parameter: canonical decimal digits only.
+WholeNumber = Annotated[int, BeforeValidator(_canonical_integer)]
 
 
 def _as_utc(value: datetime) -> datetime:

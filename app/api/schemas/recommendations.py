@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.common import MAX_ID
 
@@ -30,11 +30,15 @@ class RecommendationsOut(BaseModel):
 
 
 class VisitorRating(BaseModel):
+    model_config = ConfigDict(strict=True)  # a boolean is not a number, 1.0 not an id
+
     movie_id: int = Field(ge=0, le=MAX_ID, description="A movie of the catalogue.")
     rating: float = Field(ge=0.5, le=5, description="The visitor's rating, 0.5 to 5.")
 
 
 class VisitorRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # a boolean is not a number, 1.0 not an id
+
     ratings: list[VisitorRating] = Field(
         default_factory=list,
         max_length=5000,
