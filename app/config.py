@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the admin API; admin routes are closed when unset."
     )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated bearer keys of the API's user data: when set, every route "
+        "that reads or writes a user's data or computes recommendations needs "
+        "`Authorization: Bearer <key>` (the catalogue, health and metrics stay open).",
+    )
+    public_api: bool = Field(
+        False,
+        description="States that the API is deliberately public: production serves user data "
+        "without MOVIEREC_API_KEYS only when this is true.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_json: bool = Field(False, description="Emit logs as JSON lines.")
     model_poll_seconds: float = Field(
@@ -95,7 +106,24 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "MOVIEREC_ADMIN_TOKEN must be at least 16 characters in production"
                 )
+            if any(len(key) < 16 for key in self.api_key_list()):
+                raise ValueError("every MOVIEREC_API_KEYS key must be at least 16 characters")
         return self
+
+    def api_key_list(self) -> tuple[str, ...]:
+        """The configured API keys (empty: user data is open)."""
+        if self.api_keys is None:
+            return ()
+        return tuple(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
+
+    def check_can_serve(self) -> None:
+        """Refuse to serve a production API whose user data would be open by accident."""
+        if self.environment == "production" and not self.api_key_list() and not self.public_api:
+            raise ValueError(
+                "production refuses to serve user data without keys: set MOVIEREC_API_KEYS "
+                "(comma-separated, 16+ characters each), or MOVIEREC_PUBLIC_API=true to state "
+                "that anyone may read and write every user's ratings"
+            )
 
     def ensure_dirs(self) -> None:
         """Create the local folders the embedded default writes to."""

@@ -125,6 +125,7 @@ def _mount_page(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, *, loader: Loader = load_checkpoint) -> FastAPI:
     """Build the application for ``settings`` (the environment's when omitted)."""
     settings = settings or get_settings()
+    settings.check_can_serve()
     configure_logging(settings.log_level, settings.log_json)
     _limit_torch_threads()
     app = FastAPI(
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     engine = make_engine(settings.database_url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
     metrics = Metrics()
     app.state.settings = settings
+    app.state.api_keys = settings.api_key_list()
     app.state.engine = engine
     app.state.sessions = sessionmaker(bind=engine, expire_on_commit=False)
     app.state.metrics = metrics

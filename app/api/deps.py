@@ -87,9 +87,50 @@ async def get_state(request: Request) -> ServingState | None:
     return request.app.state.holder.state
 
 
-# Declares the scheme in the OpenAPI document (the "Authorize" button of /docs); the checks
+# Declare the schemes in the OpenAPI document (the "Authorize" button of /docs); the checks
 # and their problem+json answers are ours (auto_error=False).
-bearer_scheme = HTTPBearer(auto_error=False, description="The admin token, `MOVIEREC_ADMIN_TOKEN`.")
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="adminToken",
+    description="The admin token, `MOVIEREC_ADMIN_TOKEN`.",
+)
+api_key_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="One of the API keys, `MOVIEREC_API_KEYS` (user data and recommendations; "
+    "only when keys are configured).",
+)
+
+
+def api_key_valid(keys: tuple[str, ...], authorization: str | None) -> bool:
+    """Whether an ``Authorization`` header carries one of ``keys`` (constant-time compares;
+    every key is compared, so the time does not tell which one came close)."""
+    if not authorization:
+        return False
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    token = given.strip().encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(token, key.encode())
+    return found
+
+
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(api_key_scheme)],
+) -> None:
+    """User data and recommendations: a key of ``MOVIEREC_API_KEYS`` when any is set."""
+    keys = request.app.state.api_keys
+    if not keys:
+        return
+    if credentials is None or not credentials.credentials:
+        raise NotAuthenticatedError(
+            "this route needs an API key: send Authorization: Bearer <key>", realm="api"
+        )
+    if not api_key_valid(keys, f"Bearer {credentials.credentials}"):
+        raise NotAuthenticatedError("the API key is not valid", realm="api")
 
 
 async def require_admin(
@@ -114,3 +155,4 @@ BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 StateDep = Annotated[ServingState | None, Depends(get_state)]
 AdminDep = Depends(require_admin)
+ApiKeyDep = Depends(require_api_key)

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
+from app.api.deps import api_key_valid
 from app.api.routers.params import make_filters
 from app.api.routers.recommendations import recommendations_body
 from app.api.schemas.common import MAX_ID
@@ -118,6 +119,17 @@ class HotRecommendations:
         self._counters: dict[str, Any] = {}
         self.answered = 0  # requests this layer answered itself
 
+    def _authorised(self, scope: Scope) -> bool:
+        """With API keys configured, only a request with a valid key is answered here (the
+        declared route answers the others: 401 with its problem+json)."""
+        keys = self.api.state.api_keys
+        if not keys:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return api_key_valid(keys, value.decode("latin-1"))
+        return False
+
     def route(self) -> BaseRoute | None:
         """The declared route (for the metrics' route label), found once."""
         if self._route is None:
@@ -131,6 +143,7 @@ class HotRecommendations:
             and not scope.get("root_path")
             and (match := PATH.fullmatch(scope["path"])) is not None
             and (params := HotParams.parse(int(match.group(1)), scope["query_string"])) is not None
+            and self._authorised(scope)
         ):
             try:
                 body, version = await self._recommend(params)

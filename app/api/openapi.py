@@ -1,4 +1,7 @@
-"""The OpenAPI document, with the rules that depend on the catalogue being served.
+"""The OpenAPI document, with the rules that depend on the configuration and the catalogue.
+
+The API-key scheme is declared only when ``MOVIEREC_API_KEYS`` is set (otherwise those routes
+are open and the document says so).
 
 A genre filter accepts the genres of the catalogue and nothing else, so the document states
 them: the ``genres`` items (query parameters and visitor bodies) carry a pattern built from the
@@ -55,6 +58,21 @@ def _genre_item_schemas(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield visitor["properties"]["genres"]
 
 
+def _drop_scheme(document: dict[str, Any], name: str) -> None:
+    """Remove a security scheme and every requirement of it."""
+    document.get("components", {}).get("securitySchemes", {}).pop(name, None)
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            security = operation.get("security")
+            if security is None:
+                continue
+            kept = [req for req in security if name not in req]
+            if kept:
+                operation["security"] = kept
+            else:
+                del operation["security"]
+
+
 def install(app: FastAPI) -> None:
     """Make ``app.openapi()`` state the genres of the catalogue being served."""
     base_openapi = app.openapi
@@ -66,6 +84,8 @@ def install(app: FastAPI) -> None:
         if built.get("catalogue") is catalogue and "document" in built:
             return built["document"]
         document = copy.deepcopy(base_openapi())
+        if not app.state.api_keys:  # user data is open: no key to declare
+            _drop_scheme(document, "apiKey")
         if catalogue is not None:
             names = list(known_genres(catalogue).values())
             for array in _genre_item_schemas(document):

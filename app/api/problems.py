@@ -84,10 +84,12 @@ async def service_error_handler(_: Request, exc: Exception) -> ProblemResponse:
     status = _service_status(exc)
     slug = type(exc).__name__.removesuffix("Error").lower()
     headers = {"Retry-After": "5"} if status == 503 else None
+    extra = dict(exc.extra)
     if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="movierec admin"'}
+        realm = "movierec" if extra.pop("realm", None) == "api" else "movierec admin"
+        headers = {"WWW-Authenticate": f'Bearer realm="{realm}"'}
     return problem(
-        status, exc.detail, title=exc.title, type_=TYPE_BASE + slug, headers=headers, **exc.extra
+        status, exc.detail, title=exc.title, type_=TYPE_BASE + slug, headers=headers, **extra
     )
 
 

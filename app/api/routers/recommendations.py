@@ -5,13 +5,18 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Response
 
-from app.api.deps import BatcherDep, MetricsDep, StateDep
+from app.api.deps import ApiKeyDep, BatcherDep, MetricsDep, StateDep
 from app.api.routers.params import make_filters
 from app.api.schemas.common import problem_responses
 from app.api.schemas.recommendations import RecommendationsOut, VisitorRequest
 from app.services import recommendations as rec_service
 
-router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
+router = APIRouter(
+    prefix="/v1/recommendations",
+    tags=["recommendations"],
+    dependencies=[ApiKeyDep],
+    responses=problem_responses(401),  # when MOVIEREC_API_KEYS is set
+)
 
 
 def recommendations_body(user_id: int | None, result: rec_service.Recommendations) -> bytes:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.api.deps import SessionDep, StateDep
+from app.api.deps import ApiKeyDep, SessionDep, StateDep
 from app.api.routers.params import (
     ID_LIST_PATTERN,
     ExcludeQuery,
@@ -25,7 +25,12 @@ from app.services import ratings as ratings_service
 from app.services import recommendations as rec_service
 from app.services.catalogue import split_genres
 
-router = APIRouter(prefix="/v1/users/{user_id}", tags=["users"])
+router = APIRouter(
+    prefix="/v1/users/{user_id}",
+    tags=["users"],
+    dependencies=[ApiKeyDep],
+    responses=problem_responses(401),  # when MOVIEREC_API_KEYS is set
+)
 UserId = Annotated[WholeNumber, Path(ge=0, le=MAX_ID, description="A user id.")]
 MovieId = Annotated[WholeNumber, Path(ge=0, le=MAX_ID, description="A movie id.")]
 
