@@ -65,6 +65,15 @@ class Settings(BaseSettings):
         "active model's by more than this (relative, 0.01 = 1 %).",
     )
     max_body_bytes: int = Field(1_000_000, description="Largest accepted request body.")
+    keep_alive_seconds: float = Field(
+        5.0, gt=0, description="An idle kept-alive connection is closed after this long."
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="A connection whose request line and headers have not all arrived this long "
+        "after it opened (or after the previous response) is closed (0 = no limit).",
+    )
     result_memo_size: int = Field(
         2048,
         ge=0,

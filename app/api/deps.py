@@ -133,6 +133,17 @@ async def require_api_key(
         raise NotAuthenticatedError("the API key is not valid", realm="api")
 
 
+def is_admin(request: Request) -> bool:
+    """Whether the request carries the admin token (never true while none is configured)."""
+    configured = request.app.state.settings.admin_token
+    if configured is None or not configured.get_secret_value():
+        return False
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), configured.get_secret_value().encode()
+    )
+
+
 async def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],

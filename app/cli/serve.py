@@ -62,6 +62,7 @@ def serve(
     import uvicorn
 
     from app.config import get_settings
+    from app.server import uvicorn_options
 
     settings = get_settings()
     settings.ensure_dirs()
@@ -76,6 +77,7 @@ def serve(
             workers=workers,
             access_log=access_log,
             log_level=settings.log_level.lower(),
+            **uvicorn_options(settings),
         )
     finally:
         if trainer is not None:
