@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.observability import request_id_var
 from app.services.errors import (
@@ -114,9 +115,31 @@ async def http_error_handler(request: Request, exc: Exception) -> ProblemRespons
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route matches {request.method} {request.url.path}"
-    elif exc.status_code == 405 and detail == "Method Not Allowed":
-        detail = f"method {request.method} is not allowed on {request.url.path}"
-    return problem(exc.status_code, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        if detail == "Method Not Allowed":
+            detail = f"method {request.method} is not allowed on {request.url.path}"
+        allowed = _allowed_methods(request)
+        if allowed:  # every route of the path, not only the first one the router tried
+            headers["Allow"] = ", ".join(allowed)
+    return problem(exc.status_code, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's (Starlette's own 405
+    names only the first such route's)."""
+    methods: set[str] = set()
+    todo = list(request.app.router.routes)
+    while todo:
+        route = todo.pop()
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner:  # an included router: its routes carry their full paths
+            todo.extend(inner)
+            continue
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 async def integrity_error_handler(_: Request, exc: Exception) -> ProblemResponse:

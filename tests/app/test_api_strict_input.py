@@ -1,7 +1,8 @@
 """Strict input at the edge: types and filters.
 
-- A boolean is not a number and ``1.0`` is not an id, in bodies; a path or query integer is
-  written canonically (``1.0``, `` 1``, ``+1``, ``01`` are 422, not user 1).
+- In bodies a boolean is not a number and an integer is a number without a fraction (``3`` or
+  ``3.0``, as JSON Schema reads ``integer``); a path or query integer is written canonically
+  (``1.0``, `` 1``, ``+1``, ``01`` are 422, not user 1).
 - Filters: a repeated parameter means the same as a comma list; an unknown genre is a 422 that
   lists the known ones; ``year_min`` after ``year_max`` is a 422 — on both recommendation routes,
   the hot route included.
@@ -52,15 +53,18 @@ def test_visitor_bodies_are_strict(client: TestClient) -> None:
     base = {"ratings": [{"movie_id": 1, "rating": 5}]}
     for bad in (
         {"ratings": [{"movie_id": 1, "rating": True}]},
-        {"ratings": [{"movie_id": 1.0, "rating": 5}]},
+        {"ratings": [{"movie_id": 1.5, "rating": 5}]},
+        {"ratings": [{"movie_id": "1", "rating": 5}]},
         {"ratings": [{"movie_id": True, "rating": 5}]},
         {**base, "exclude": [False]},
         {**base, "exclude": ["3"]},
-        {**base, "n": 5.0},
+        {**base, "n": 5.5},
         {**base, "n": True},
     ):
         assert_problem(client.post("/v1/recommendations", json=bad), 422)
     assert client.post("/v1/recommendations", json={**base, "exclude": [3]}).status_code == 200
+    # JSON Schema's integer: a number without a fraction, 3.0 included.
+    assert client.post("/v1/recommendations", json={**base, "n": 3.0}).status_code == 200
 
 
 def test_a_repeated_filter_means_the_comma_list(client: TestClient) -> None:
@@ -104,3 +108,27 @@ def test_the_schema_states_the_catalogues_genres(client: TestClient) -> None:
         assert not re.search(pattern, refused), refused
     visitor = document["components"]["schemas"]["VisitorRequest"]["properties"]["genres"]
     assert visitor["items"]["pattern"] == pattern
+
+
+def test_the_schema_states_the_bounds_of_every_integer(client: TestClient) -> None:
+    """Bounds as JSON Schema keywords (minimum, maximum), never lost beside a validator."""
+    document = client.get("/openapi.json").json()
+    seen = 0
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter["schema"]
+                for option in schema.get("anyOf", [schema]):
+                    if option.get("type") == "integer":
+                        assert "ge" not in option and "le" not in option, parameter
+                        assert "minimum" in option and "maximum" in option, parameter
+                        seen += 1
+    assert seen >= 15
+    text = str(document["components"]["schemas"])
+    assert "'ge'" not in text and "'le'" not in text
+
+
+def test_405_lists_every_method_of_the_path(client: TestClient) -> None:
+    refused = client.post("/v1/users/2/ratings/1")
+    assert_problem(refused, 405, "POST")
+    assert refused.headers["allow"] == "DELETE, PUT"

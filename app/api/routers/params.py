@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import Query
 from pydantic import Field
 
-from app.api.schemas.common import MAX_ID, WholeNumber
+from app.api.schemas.common import CANONICAL, MAX_ID
 from app.services import recommendations as rec_service
 from app.services.catalogue import Catalogue
 from app.services.errors import InvalidInputError
@@ -87,9 +87,9 @@ ExcludeQuery = Annotated[
     ),
 ]
 YearMinQuery = Annotated[
-    WholeNumber | None, Query(ge=0, le=9999, description="Earliest year (at most year_max).")
+    int | None, Query(ge=0, le=9999, description="Earliest year (at most year_max)."), CANONICAL
 ]
-YearMaxQuery = Annotated[WholeNumber | None, Query(ge=0, le=9999, description="Latest year.")]
+YearMaxQuery = Annotated[int | None, Query(ge=0, le=9999, description="Latest year."), CANONICAL]
 
 _known: tuple[Catalogue, dict[str, str]] | None = None
 

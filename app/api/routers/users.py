@@ -17,7 +17,7 @@ from app.api.routers.params import (
     parse_ids,
 )
 from app.api.routers.recommendations import recommendations_response
-from app.api.schemas.common import MAX_ID, WholeNumber, problem_responses
+from app.api.schemas.common import CANONICAL, MAX_ID, problem_responses
 from app.api.schemas.ratings import RatingIn, RatingOut, RatingPage
 from app.api.schemas.recommendations import PredictionOut, PredictionsOut, RecommendationsOut
 from app.db.models import Movie, Rating
@@ -31,8 +31,8 @@ router = APIRouter(
     dependencies=[ApiKeyDep],
     responses=problem_responses(401),  # when MOVIEREC_API_KEYS is set
 )
-UserId = Annotated[WholeNumber, Path(ge=0, le=MAX_ID, description="A user id.")]
-MovieId = Annotated[WholeNumber, Path(ge=0, le=MAX_ID, description="A movie id.")]
+UserId = Annotated[int, Path(ge=0, le=MAX_ID, description="A user id."), CANONICAL]
+MovieId = Annotated[int, Path(ge=0, le=MAX_ID, description="A movie id."), CANONICAL]
 
 
 def rating_out(rating: Rating, movie: Movie) -> RatingOut:
@@ -56,8 +56,10 @@ def rating_out(rating: Rating, movie: Movie) -> RatingOut:
 async def user_recommendations(
     request: Request,
     user_id: UserId,
-    n: Annotated[WholeNumber, Query(ge=1, le=100, description="How many movies.")] = 10,
-    offset: Annotated[WholeNumber, Query(ge=0, le=10_000, description="Top movies to skip.")] = 0,
+    n: Annotated[int, Query(ge=1, le=100, description="How many movies."), CANONICAL] = 10,
+    offset: Annotated[
+        int, Query(ge=0, le=10_000, description="Top movies to skip."), CANONICAL
+    ] = 0,
     genres: GenresQuery = None,
     year_min: YearMinQuery = None,
     year_max: YearMaxQuery = None,
@@ -116,8 +118,10 @@ async def user_predictions(
 async def list_ratings(
     session: SessionDep,
     user_id: UserId,
-    limit: Annotated[WholeNumber, Query(ge=1, le=500, description="Page size.")] = 50,
-    offset: Annotated[WholeNumber, Query(ge=0, le=10_000_000, description="Ratings to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size."), CANONICAL] = 50,
+    offset: Annotated[
+        int, Query(ge=0, le=10_000_000, description="Ratings to skip."), CANONICAL
+    ] = 0,
 ) -> RatingPage:
     ratings, total = ratings_service.list_ratings(session, user_id, limit=limit, offset=offset)
     return RatingPage(

@@ -23,8 +23,20 @@ def _canonical_integer(value: object) -> object:
     return value
 
 
-# The integer of a path or query parameter: canonical decimal digits only.
-WholeNumber = Annotated[int, BeforeValidator(_canonical_integer)]
+def json_integer(value: object) -> object:
+    """A JSON body's integer as JSON Schema reads ``integer``: ``3.0`` is ``3`` (a number without
+    a fraction). Anything else is passed on unchanged, for a strict model to accept or refuse:
+    booleans and strings are not integers. Lists are converted item by item."""
+    if isinstance(value, list):
+        return [json_integer(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Metadata of an integer path or query parameter: canonical decimal digits only. Put it after
+# the Path()/Query() in the Annotated (FastAPI reads the bounds from the first metadata).
+CANONICAL = BeforeValidator(_canonical_integer)
 
 
 def _as_utc(value: datetime) -> datetime:

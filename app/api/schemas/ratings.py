@@ -8,7 +8,7 @@ from app.api.schemas.common import UtcDatetime
 
 
 class RatingIn(BaseModel):
-    model_config = ConfigDict(strict=True)  # a boolean is not a number, 1.0 not an id
+    model_config = ConfigDict(strict=True)  # a boolean is not a number, nor a string
 
     rating: float = Field(
         ge=0.5, le=5, multiple_of=0.5, description="The rating, 0.5 to 5 in steps of 0.5."
