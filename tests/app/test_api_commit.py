@@ -76,6 +76,8 @@ def test_a_failed_commit_is_a_503_and_nothing_is_stored(failing_commits: TestCli
     assert stored(served, 424242, 7) is None
     with served.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM users WHERE id = 424242")).scalar() == 0
+    # The hot route (plain ASGI, its own reader) sees no such user either.
+    assert_problem(failing_commits.get("/v1/users/424242/recommendations"), 404, "424242")
 
     user, movie, old = next((u, m, r) for u, m, r in rating_rows() if u == 2)
     new = 0.5 if old != 0.5 else 1.0

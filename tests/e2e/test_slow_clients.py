@@ -98,34 +98,42 @@ def test_unfinished_headers_are_closed_and_whole_requests_served(port: int) -> N
         conn.request("GET", "/healthz")
         assert conn.getresponse().status == 200
         conn.close()
-        # A byte every 0.2 s keeps no connection alive past the header timeout.
+        # A byte every 0.2 s keeps no connection alive past the header timeout (1 s; the
+        # deadlines leave room for a loaded host: without the timeout nothing closes at all).
         request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
         sent = 0
-        while not closed_by_server(trickle) and time.monotonic() - start < 5:
+        while not closed_by_server(trickle) and time.monotonic() - start < 6:
             try:
                 trickle.send(request[sent : sent + 1])
                 sent += 1
             except OSError:
                 break
             time.sleep(0.2)
-        assert time.monotonic() - start < 3, "the trickling client was not cut off"
-        time.sleep(max(0.0, start + 2.5 - time.monotonic()))
-        held = sum(not closed_by_server(s) for s in half_open)
-        assert held == 0, f"{held} of {HALF_OPEN} half-open connections still held"
-        assert closed_by_server(silent)
+        assert time.monotonic() - start < 6, "the trickling client was not cut off"
+        held = HALF_OPEN + 1
+        while time.monotonic() - start < 6:
+            held = sum(not closed_by_server(s) for s in [*half_open, silent])
+            if held == 0:
+                break
+            time.sleep(0.1)
+        assert held == 0, f"{held} of {HALF_OPEN + 1} silent connections still held"
     finally:
         for sock in [*half_open, trickle, silent]:
             sock.close()
 
 
 def test_an_idle_kept_alive_connection_is_closed(port: int) -> None:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert b" 200 " in sock.recv(4096)
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read()
+        assert not response.will_close  # kept alive ...
+        sock = conn.sock
+        assert sock is not None
         sock.settimeout(4)
         start = time.monotonic()
-        assert sock.recv(1) == b""  # closed by the server
+        assert sock.recv(1) == b""  # ... until the server closes it
         assert time.monotonic() - start < 3
     finally:
-        sock.close()
+        conn.close()
