@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import sessionmaker
 
-from app.api import docs, problems
+from app.api import docs, openapi, problems
 from app.api.hot import HotRecommendations
 from app.api.routers import admin, health, movies, recommendations, users
 from app.config import Settings, get_settings
@@ -125,6 +125,7 @@ def _mount_page(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, *, loader: Loader = load_checkpoint) -> FastAPI:
     """Build the application for ``settings`` (the environment's when omitted)."""
     settings = settings or get_settings()
+    settings.check_can_serve()
     configure_logging(settings.log_level, settings.log_json)
     _limit_torch_threads()
     app = FastAPI(
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     engine = make_engine(settings.database_url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
     metrics = Metrics()
     app.state.settings = settings
+    app.state.api_keys = settings.api_key_list()
     app.state.engine = engine
     app.state.sessions = sessionmaker(bind=engine, expire_on_commit=False)
     app.state.metrics = metrics
@@ -149,7 +151,10 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
     memo_hit = metrics.memo_lookups.labels("hit").inc
     memo_miss = metrics.memo_lookups.labels("miss").inc
     memo = ResultMemo(
-        settings.result_memo_size, on_lookup=lambda hit: memo_hit() if hit else memo_miss()
+        settings.result_memo_size,
+        on_lookup=lambda hit: memo_hit() if hit else memo_miss(),
+        max_bytes=settings.result_memo_bytes,
+        weigh=rec_service.memo_entry_bytes,
     )
     app.state.memo = memo
     app.state.holder = ModelHolder(
@@ -160,6 +165,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = load_checkp
         prepare=_memo_carrier(memo, min(settings.result_memo_carry, settings.result_memo_size)),
     )
     problems.install(app)
+    openapi.install(app)
     for module in (health, movies, users, recommendations, admin):
         app.include_router(module.router)
     docs.install(app)

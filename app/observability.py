@@ -86,6 +86,12 @@ class Metrics:
             "Answers held in this process's result memo (refreshed when metrics are scraped).",
             registry=self.registry,
         )
+        self.memo_bytes = Gauge(
+            "movierec_result_memo_bytes",
+            "Bytes held by this process's result memo, as it counts them (refreshed when metrics "
+            "are scraped); at most MOVIEREC_RESULT_MEMO_BYTES.",
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "movierec_forward_batch_size",
             "Recommendation requests scored together in one forward pass.",
@@ -224,6 +230,42 @@ class RouteTemplates:
         return self._by_endpoint.get(id(endpoint), "unmatched")
 
 
+# Security headers of every response: never sniffed, never framed, no referrer passed on, and a
+# Content-Security-Policy per kind of answer. The page loads its own module scripts and styles
+# (no inline script, nothing from elsewhere); /docs and /redoc (app.api.docs) load Swagger UI and
+# ReDoc from the app too, but both set inline styles and ReDoc runs its search in a worker made
+# from a blob; API answers load nothing.
+_COMMON_SECURITY = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+PAGE_HEADERS = (*_COMMON_SECURITY, (b"content-security-policy", PAGE_CSP.encode()))
+DOCS_HEADERS = (*_COMMON_SECURITY, (b"content-security-policy", DOCS_CSP.encode()))
+API_HEADERS = (*_COMMON_SECURITY, (b"content-security-policy", API_CSP.encode()))
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+def security_headers(path: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The security headers of the answer to ``path``."""
+    if path == "/" or path.startswith("/static/"):
+        return PAGE_HEADERS
+    if path in DOCS_PATHS:
+        return DOCS_HEADERS
+    return API_HEADERS
+
+
 PROBLEM_413 = {
     "type": "about:blank",
     "title": "Request body too large",
@@ -231,7 +273,9 @@ PROBLEM_413 = {
 }
 
 
-async def _send_413(send: Send, limit: int, request_id: str) -> None:
+async def _send_413(
+    send: Send, limit: int, request_id: str, security: tuple[tuple[bytes, bytes], ...]
+) -> None:
     body = json.dumps({**PROBLEM_413, "detail": f"request body exceeds {limit} bytes"}).encode()
     await send(
         {
@@ -241,6 +285,7 @@ async def _send_413(send: Send, limit: int, request_id: str) -> None:
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode()),
+                *security,
             ],
         }
     )
@@ -272,6 +317,7 @@ class ObservabilityMiddleware:
         raw_id, length, chunked = _request_headers(scope)
         request_id = raw_id.decode("latin-1")[:128] if raw_id else new_request_id()
         id_header = (b"x-request-id", request_id.encode("latin-1"))
+        security = security_headers(scope.get("path", ""))
         token = request_id_var.set(request_id)
         start = time.perf_counter()
         status = 500
@@ -279,7 +325,7 @@ class ObservabilityMiddleware:
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 status = 413
-                await _send_413(send, self.max_body_bytes, request_id)
+                await _send_413(send, self.max_body_bytes, request_id, security)
                 return
             received = 0
             rejected = False
@@ -296,7 +342,7 @@ class ObservabilityMiddleware:
                         rejected = True
                         if not started:
                             started, status = True, 413
-                            await _send_413(send, self.max_body_bytes, request_id)
+                            await _send_413(send, self.max_body_bytes, request_id, security)
                         return {"type": "http.disconnect"}
                 return message
 
@@ -307,7 +353,7 @@ class ObservabilityMiddleware:
                 if message["type"] == "http.response.start":
                     started = True
                     status = int(message["status"])
-                    message["headers"] = [*message.get("headers", ()), id_header]
+                    message["headers"] = [*message.get("headers", ()), id_header, *security]
                 await send(message)
 
             # Without a body announced (most GETs) there is nothing to count: no wrapper.

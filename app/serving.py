@@ -158,7 +158,8 @@ class ServingState:
 
 
 class ResultMemo:
-    """Exact answers of recent recommendation requests, bounded (least recently used out).
+    """Exact answers of recent recommendation requests, bounded in entries and in bytes
+    (least recently used out).
 
     A key holds everything an answer depends on: the serving state (model version and
     catalogue: a swap starts a new memo), the request's parameters and the user's ratings
@@ -166,16 +167,31 @@ class ResultMemo:
     stale answer is never served. ``get`` and ``put`` run on the event loop's thread only (no
     locking); a request still on a state older than the memo's is a miss and stores nothing.
 
+    ``weigh(key, answer)`` is what an entry costs in bytes (its key, its answer and the memo's
+    own bookkeeping); the entries together never cost more than ``max_bytes``, and an entry
+    that alone would is not stored. Without ``weigh`` only the number of entries is bounded.
+
     Before a swap, the thread that loads the new state may ``prepare`` answers for it
     (computed for the keys of ``recent``): the first request on the new state finds them in
     place of an empty memo.
     """
 
-    def __init__(self, size: int, on_lookup: Callable[[bool], None] | None = None) -> None:
-        self.size = size
+    def __init__(
+        self,
+        size: int,
+        on_lookup: Callable[[bool], None] | None = None,
+        *,
+        max_bytes: int | None = None,
+        weigh: Callable[[Hashable, Any], int] | None = None,
+    ) -> None:
+        self.size = size if max_bytes is None or max_bytes > 0 else 0
+        self.max_bytes = max_bytes
+        self._weigh = weigh
         self._state: ServingState | None = None
-        self._answers: OrderedDict[Hashable, Any] = OrderedDict()
+        # key -> (answer, its cost in bytes)
+        self._answers: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._prepared: tuple[ServingState, dict[Hashable, Any]] | None = None
+        self.bytes = 0  # what the entries held cost, as ``weigh`` counts them
         self.hits = 0
         self.misses = 0
         self._on_lookup = on_lookup  # told True for a hit, False for a miss (metrics)
@@ -209,32 +225,46 @@ class ResultMemo:
             return False
         prepared = self._prepared
         self._answers = OrderedDict()
+        self.bytes = 0
         if prepared is not None and prepared[0] is state:
-            self._answers.update(prepared[1])
-            while len(self._answers) > self.size:
-                self._answers.popitem(last=False)
+            for key, answer in prepared[1].items():
+                self._store(key, answer)
         if prepared is not None and prepared[0].serial <= state.serial:
             self._prepared = None
         self._state = state
         return True
 
+    def _store(self, key: Hashable, answer: Any) -> None:
+        """Hold ``answer`` as the most recent entry; the least recent ones out over a bound."""
+        cost = self._weigh(key, answer) if self._weigh is not None else 0
+        if self.max_bytes is not None and cost > self.max_bytes:
+            return
+        old = self._answers.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        self._answers[key] = (answer, cost)
+        self.bytes += cost
+        while len(self._answers) > self.size or (
+            self.max_bytes is not None and self.bytes > self.max_bytes
+        ):
+            _, (_, freed) = self._answers.popitem(last=False)
+            self.bytes -= freed
+
     def get(self, state: ServingState, key: Hashable) -> Any | None:
-        answer = self._answers.get(key) if self._follow(state) else None
-        if answer is None:
+        entry = self._answers.get(key) if self._follow(state) else None
+        if entry is None:
             self.misses += 1
         else:
             self._answers.move_to_end(key)
             self.hits += 1
         if self._on_lookup is not None:
-            self._on_lookup(answer is not None)
-        return answer
+            self._on_lookup(entry is not None)
+        return None if entry is None else entry[0]
 
     def put(self, state: ServingState, key: Hashable, answer: Any) -> None:
         if self.size <= 0 or not self._follow(state):
             return
-        self._answers[key] = answer
-        if len(self._answers) > self.size:
-            self._answers.popitem(last=False)
+        self._store(key, answer)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ working.
 Both bundles name outside addresses (schema ids, links); one is fetched: ReDoc's menu footer
 shows a logo from Redocly's CDN. The bundle is served with that address blanked (the footer
 hides an image that does not load), and the pages carry a Content-Security-Policy that allows
-nothing but the app (``DOCS_CSP``), for whatever a later version of the bundles might fetch.
+nothing but the app (``app.observability.DOCS_CSP``, sent with the other security headers), for
+whatever a later version of the bundles might fetch.
 """
 
 from __future__ import annotations
@@ -30,13 +31,6 @@ FAVICON_URL = "/static/favicon.svg"
 SWAGGER_INIT_URL = "/static/swagger-init.js"
 REDOC_BUNDLE = "redoc.standalone.js"
 REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"  # the menu footer's image
-# Swagger UI and ReDoc set inline styles; ReDoc runs its search in a worker made from a blob.
-DOCS_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'self'"
-)
-
 _SWAGGER_PAGE = """<!doctype html>
 <html lang="en">
   <head>
@@ -98,7 +92,6 @@ def install(app: FastAPI) -> None:
                 openapi=openapi_url,
                 init=SWAGGER_INIT_URL,
             ),
-            headers={"Content-Security-Policy": DOCS_CSP},
         )
 
     @app.get("/docs", include_in_schema=False)

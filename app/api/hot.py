@@ -26,15 +26,16 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
-from app.api.routers.params import query_filters
+from app.api.deps import api_key_valid
+from app.api.routers.params import make_filters
 from app.api.routers.recommendations import recommendations_body
 from app.api.schemas.common import MAX_ID
 from app.observability import ASGIApp, Receive, Scope, Send
 from app.services import recommendations as rec_service
 
 ROUTE_PATH = "/v1/users/{user_id}/recommendations"
-PATH = re.compile(r"/v1/users/([0-9]{1,10})/recommendations")
-NUMBER = re.compile(r"[0-9]{1,6}")
+PATH = re.compile(r"/v1/users/(0|[1-9][0-9]{0,9})/recommendations")
+NUMBER = re.compile(r"0|[1-9][0-9]{0,5}")  # canonical, as the route's WholeNumber
 
 # name: (low, high) of the integer parameters, as declared on the route.
 INT_BOUNDS = {
@@ -118,6 +119,17 @@ class HotRecommendations:
         self._counters: dict[str, Any] = {}
         self.answered = 0  # requests this layer answered itself
 
+    def _authorised(self, scope: Scope) -> bool:
+        """With API keys configured, only a request with a valid key is answered here (the
+        declared route answers the others: 401 with its problem+json)."""
+        keys = self.api.state.api_keys
+        if not keys:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return api_key_valid(keys, value.decode("latin-1"))
+        return False
+
     def route(self) -> BaseRoute | None:
         """The declared route (for the metrics' route label), found once."""
         if self._route is None:
@@ -131,6 +143,7 @@ class HotRecommendations:
             and not scope.get("root_path")
             and (match := PATH.fullmatch(scope["path"])) is not None
             and (params := HotParams.parse(int(match.group(1)), scope["query_string"])) is not None
+            and self._authorised(scope)
         ):
             try:
                 body, version = await self._recommend(params)
@@ -156,12 +169,15 @@ class HotRecommendations:
 
     async def _recommend(self, p: HotParams) -> tuple[bytes, bytes]:
         """The declared route's work: the same service call and the same JSON body."""
-        filters = query_filters(p.genres, p.year_min, p.year_max, p.exclude)
         state = self.api.state
         holder = state.holder
+        live = holder.state
+        filters = make_filters(
+            p.genres, p.year_min, p.year_max, p.exclude, None if live is None else live.catalogue
+        )
         result = await rec_service.recommend_for_user(
             holder.ratings,
-            holder.state,
+            live,
             state.batcher,
             p.user_id,
             p.n,

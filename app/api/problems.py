@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.observability import request_id_var
 from app.services.errors import (
@@ -27,6 +28,7 @@ from app.services.errors import (
     ModelUnavailableError,
     NotAuthenticatedError,
     NotFoundError,
+    NotStoredError,
     ServiceError,
 )
 
@@ -39,6 +41,7 @@ SERVICE_STATUS: dict[type[ServiceError], int] = {
     InvalidInputError: 422,
     ConflictError: 409,
     ModelUnavailableError: 503,
+    NotStoredError: 503,
     CheckpointRefusedError: 409,
     NotAuthenticatedError: 401,
     AdminDisabledError: 403,
@@ -82,10 +85,12 @@ async def service_error_handler(_: Request, exc: Exception) -> ProblemResponse:
     status = _service_status(exc)
     slug = type(exc).__name__.removesuffix("Error").lower()
     headers = {"Retry-After": "5"} if status == 503 else None
+    extra = dict(exc.extra)
     if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="movierec admin"'}
+        realm = "movierec" if extra.pop("realm", None) == "api" else "movierec admin"
+        headers = {"WWW-Authenticate": f'Bearer realm="{realm}"'}
     return problem(
-        status, exc.detail, title=exc.title, type_=TYPE_BASE + slug, headers=headers, **exc.extra
+        status, exc.detail, title=exc.title, type_=TYPE_BASE + slug, headers=headers, **extra
     )
 
 
@@ -110,9 +115,31 @@ async def http_error_handler(request: Request, exc: Exception) -> ProblemRespons
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route matches {request.method} {request.url.path}"
-    elif exc.status_code == 405 and detail == "Method Not Allowed":
-        detail = f"method {request.method} is not allowed on {request.url.path}"
-    return problem(exc.status_code, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        if detail == "Method Not Allowed":
+            detail = f"method {request.method} is not allowed on {request.url.path}"
+        allowed = _allowed_methods(request)
+        if allowed:  # every route of the path, not only the first one the router tried
+            headers["Allow"] = ", ".join(allowed)
+    return problem(exc.status_code, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's (Starlette's own 405
+    names only the first such route's)."""
+    methods: set[str] = set()
+    todo = list(request.app.router.routes)
+    while todo:
+        route = todo.pop()
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner:  # an included router: its routes carry their full paths
+            todo.extend(inner)
+            continue
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 async def integrity_error_handler(_: Request, exc: Exception) -> ProblemResponse:

@@ -35,6 +35,7 @@ def serve(
     import uvicorn
 
     from app.config import get_settings
+    from app.server import uvicorn_options
     from app.supervisor import WorkerSupervisor
 
     settings = get_settings()
@@ -52,6 +53,7 @@ def serve(
             workers=workers,
             access_log=access_log,
             log_level=settings.log_level.lower(),
+            **uvicorn_options(settings),
         )
     finally:
         if trainer is not None:

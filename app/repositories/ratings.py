@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, delete, event, func, select
+from sqlalchemy import Engine, bindparam, delete, event, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
 
 from app.db.models import Movie, Rating
+from app.repositories.statements import insert_unless_present
 
 # Built once: its cache key is memoised, so each execution skips statement construction.
 RATINGS_OF_USER = select(Rating.movie_id, Rating.rating).where(
@@ -50,6 +52,29 @@ def page_for_user(
 
 def get(session: Session, user_id: int, movie_id: int) -> Rating | None:
     return session.get(Rating, (user_id, movie_id))
+
+
+def upsert(
+    session: Session, user_id: int, movie_id: int, value: float, at: datetime
+) -> tuple[Rating, bool]:
+    """Create or replace one rating without a read-then-write race: ``INSERT … ON CONFLICT DO
+    NOTHING``, then ``UPDATE`` when the row was there. ``(rating, created)``."""
+    for _ in range(2):  # a row deleted between the two statements: insert again
+        values = {"user_id": user_id, "movie_id": movie_id, "rating": value, "rated_at": at}
+        created = insert_unless_present(session, Rating, values, ["user_id", "movie_id"])
+        if created:
+            break
+        stmt = (
+            update(Rating)
+            .where(Rating.user_id == user_id, Rating.movie_id == movie_id)
+            .values(rating=value, rated_at=at)
+        )
+        if int(session.execute(stmt).rowcount or 0):  # type: ignore[attr-defined]
+            break
+    rating = session.get(Rating, (user_id, movie_id), populate_existing=True)
+    if rating is None:  # pragma: no cover - deleted again by a concurrent request
+        raise RuntimeError(f"rating ({user_id}, {movie_id}) vanished while being written")
+    return rating, created
 
 
 def delete_one(session: Session, user_id: int, movie_id: int) -> int:

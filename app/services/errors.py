@@ -48,6 +48,12 @@ class ModelUnavailableError(ServiceError):
     title = "No model loaded"
 
 
+class NotStoredError(ServiceError):
+    """The store refused to commit the request's changes: nothing of the request is stored."""
+
+    title = "Not stored"
+
+
 class CheckpointRefusedError(ServiceError):
     """A model version's checkpoint failed verification and will not serve."""
 

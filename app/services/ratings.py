@@ -40,17 +40,10 @@ def set_rating(
     movie = movies_repo.get(session, movie_id)
     if movie is None:
         raise NotFoundError(f"movie {movie_id} does not exist", movie_id=movie_id)
-    users_repo.get_or_create(session, user_id)
-    rating = ratings_repo.get(session, user_id, movie_id)
-    created = rating is None
-    if rating is None:
-        rating = Rating(user_id=user_id, movie_id=movie_id, rating=value, rated_at=utcnow())
-        session.add(rating)
+    users_repo.ensure(session, user_id)
+    rating, created = ratings_repo.upsert(session, user_id, movie_id, value, utcnow())
+    if created:
         movies_repo.count_rating(session, movie_id, 1)
-    else:
-        rating.rating = value
-        rating.rated_at = utcnow()
-    session.flush()
     return rating, movie, created
 
 

@@ -7,8 +7,11 @@ pass over the model held in memory; nothing depends on the number of users.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Hashable, Mapping, Sequence
+import sys
+from array import array
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -18,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.repositories import ratings as ratings_repo
 from app.repositories import users as users_repo
 from app.repositories.ratings import RatingsReader
-from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
+from app.services.errors import ModelUnavailableError, NotFoundError
 from app.serving import MicroBatcher, ResultMemo, ServingState, rank_batch
 
 NO_MODEL_DETAIL = (
@@ -138,7 +141,7 @@ async def recommend_for_user(
     live = require_state(state)
     if memo is None or memo.size <= 0:
         return await recommend_from_ratings(live, batcher, dict(rows), n, offset, filters)
-    key = memo_key(live, n, offset, filters, tuple(rows))
+    key = memo_key(live, n, offset, filters, pack_ratings(rows))
     answer: Recommendations | None = memo.get(live, key)
     if answer is None:
         answer = await recommend_from_ratings(live, batcher, dict(rows), n, offset, filters)
@@ -146,15 +149,50 @@ async def recommend_for_user(
     return answer
 
 
-MemoKey = tuple[int, int, int, Filters, tuple[tuple[int, float], ...]]
+MemoKey = tuple[int, int, int, Filters, bytes]
 CARRY_BATCH = 64  # users scored together when answers are carried over to a new state
 
 
+def pack_ratings(rows: Iterable[tuple[int, float]]) -> bytes:
+    """A user's ``(movie_id, rating)`` rows as the memo's compact key part: 16 bytes a rating
+    (both as float64, exact for ids below 2**53 and for any stored rating), where a tuple of
+    tuples costs about 120."""
+    return array("d", itertools.chain.from_iterable(rows)).tobytes()
+
+
+def unpack_ratings(packed: bytes) -> dict[int, float]:
+    """``pack_ratings`` undone: ``{movie_id: rating}``."""
+    values = array("d")
+    values.frombytes(packed)
+    return {int(movie): rating for movie, rating in zip(values[::2], values[1::2], strict=True)}
+
+
 def memo_key(
-    state: ServingState, n: int, offset: int, filters: Filters, rows: tuple[tuple[int, float], ...]
+    state: ServingState, n: int, offset: int, filters: Filters, packed_ratings: bytes
 ) -> MemoKey:
     """The result memo's key of a stored user's request: everything the answer depends on."""
-    return (state.version_id, n, offset, filters, rows)
+    return (state.version_id, n, offset, filters, packed_ratings)
+
+
+# What a memo entry costs beyond its ratings, filters and items, in bytes (CPython 3.11+,
+# 64-bit): the ordered dict's slot and link, the key's tuple and its integers, the Filters,
+# the (answer, cost) pair, the Recommendations and its list. Counted high on purpose; the
+# tests check the sum against tracemalloc.
+MEMO_ENTRY_OVERHEAD = 720
+# One recommended movie: its list slot, the Item and the numbers it owns (the title and the
+# genres are the catalogue's, shared).
+MEMO_ITEM_BYTES = 208
+
+
+def memo_entry_bytes(key: Hashable, answer: Any) -> int:
+    """What one result-memo entry costs in memory: the ``weigh`` of ``ResultMemo``."""
+    _, _, _, filters, packed = cast(MemoKey, key)
+    size = MEMO_ENTRY_OVERHEAD + sys.getsizeof(packed)
+    if filters.exclude:
+        size += sys.getsizeof(filters.exclude) + 32 * len(filters.exclude)
+    if filters.genres:
+        size += sys.getsizeof(filters.genres) + sum(sys.getsizeof(g) for g in filters.genres)
+    return size + MEMO_ITEM_BYTES * len(cast(Recommendations, answer).items)
 
 
 def carry_memo_over(memo: ResultMemo, state: ServingState, limit: int) -> int:
@@ -175,10 +213,10 @@ def carry_memo_over(memo: ResultMemo, state: ServingState, limit: int) -> int:
     todo: list[
         tuple[int, dict[int, float], int, int, np.ndarray]
     ] = []  # (i, ratings, n, offset, allowed)
-    for i, (_, n, offset, filters, rows) in enumerate(keys):
+    for i, (_, n, offset, filters, packed) in enumerate(keys):
         allowed = _allowed(state, filters)
-        if rows:
-            todo.append((i, dict(rows), n, offset, allowed))
+        if packed:
+            todo.append((i, unpack_ratings(packed), n, offset, allowed))
             continue
         scored = list(state.recommender.popular(n + offset, allowed=allowed))[offset:]
         results[i] = Recommendations(state.version_id, "popular", _items(state, scored))
@@ -188,8 +226,8 @@ def carry_memo_over(memo: ResultMemo, state: ServingState, limit: int) -> int:
         for (i, _, _, offset, _), best in zip(chunk, ranked, strict=True):
             results[i] = Recommendations(state.version_id, "model", _items(state, best[offset:]))
     answers: dict[Hashable, Any] = {
-        memo_key(state, n, offset, filters, rows): answer
-        for (_, n, offset, filters, rows), answer in zip(keys, results, strict=True)
+        memo_key(state, n, offset, filters, packed): answer
+        for (_, n, offset, filters, packed), answer in zip(keys, results, strict=True)
     }
     memo.prepare(state, answers)
     return len(answers)
@@ -207,8 +245,9 @@ async def recommend_for_visitor(
     live = require_state(state)
     unknown = live.catalogue.unknown(m for m, _ in ratings)
     if unknown:
-        raise InvalidInputError(
-            f"ratings name movies that are not in the catalogue: {unknown}", movie_ids=unknown
+        raise NotFoundError(
+            f"ratings name movies that are not in the catalogue: {unknown[:20]}",
+            movie_ids=unknown[:100],
         )
     return await recommend_from_ratings(live, batcher, dict(ratings), n, offset, filters)
 
@@ -223,8 +262,9 @@ def predict_for_user(
     live = require_state(state)
     unknown = live.catalogue.unknown(movie_ids)
     if unknown:
-        raise InvalidInputError(
-            f"movie_ids names movies that are not in the catalogue: {unknown}", movie_ids=unknown
+        raise NotFoundError(
+            f"movie_ids names movies that are not in the catalogue: {unknown[:20]}",
+            movie_ids=unknown[:100],
         )
     predicted = live.recommender.predict(ratings, list(movie_ids))
     return live.version_id, {

@@ -18,6 +18,22 @@ export const adminToken = {
   clear: () => sessionStorage.removeItem(TOKEN_KEY),
 };
 
+// The key of user data (MOVIEREC_API_KEYS), asked for when the server answers 401.
+const API_KEY = "movierec.apiKey";
+export const apiKey = {
+  get: () => localStorage.getItem(API_KEY) || "",
+  set: (key) => localStorage.setItem(API_KEY, key),
+  clear: () => localStorage.removeItem(API_KEY),
+};
+
+let askForKey = null; // (reason) => Promise<key or "">, set by the page
+let asking = null; // one question at a time, shared by the requests that wait for it
+
+/** How the page asks for an API key; without it a 401 is shown as an error. */
+export function onApiKeyNeeded(ask) {
+  askForKey = ask;
+}
+
 function query(params) {
   const q = new URLSearchParams();
   for (const [key, value] of Object.entries(params || {})) {
@@ -42,10 +58,12 @@ async function problem(response) {
 }
 
 /** One request; JSON in and out, or a Blob when `blob` is set. */
-export async function request(path, { method = "GET", body, params, admin = false, blob } = {}) {
+export async function request(path, options = {}) {
+  const { method = "GET", body, params, admin = false, blob, retried = false } = options;
   const headers = { Accept: blob ? "image/png" : "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (admin) headers.Authorization = `Bearer ${adminToken.get()}`;
+  else if (apiKey.get()) headers.Authorization = `Bearer ${apiKey.get()}`;
   let response;
   try {
     response = await fetch(BASE + path + query(params), {
@@ -55,6 +73,16 @@ export async function request(path, { method = "GET", body, params, admin = fals
     });
   } catch {
     throw new ApiError("The server cannot be reached. Check your connection and retry.", 0);
+  }
+  if (response.status === 401 && !admin && !retried && askForKey) {
+    // User data behind a key: ask for one (once for all the requests refused meanwhile), retry.
+    const refused = await problem(response);
+    apiKey.clear();
+    asking ??= askForKey(refused.message).finally(() => (asking = null));
+    const key = await asking;
+    if (!key) throw refused;
+    apiKey.set(key);
+    return request(path, { ...options, retried: true });
   }
   if (!response.ok) throw await problem(response);
   if (blob) return response.blob();

@@ -1,7 +1,7 @@
 // movierec's page: hash routes (#/, #/search?q=, #/movie/1, #/who, #/user/5, #/visitor, #/admin) rendered
 // with plain DOM calls. No framework, no build step, nothing fetched from outside the app.
 
-import { ApiError, adminToken, api, itemsOf, movieId, withMovies } from "./api.js";
+import { ApiError, adminToken, api, itemsOf, movieId, onApiKeyNeeded, withMovies } from "./api.js";
 
 const view = document.getElementById("view");
 const statusRegion = document.getElementById("status");
@@ -54,6 +54,40 @@ const local = {
   set: (key, value) => localStorage.setItem(key, JSON.stringify(value)),
   remove: (key) => localStorage.removeItem(key),
 };
+
+/** A modal form asking for the API key of user data; resolves to the key, or "" if cancelled. */
+function askForApiKey(reason) {
+  return new Promise((resolve) => {
+    const input = h("input", { id: "api-key", name: "api-key", type: "password", autocomplete: "off", required: true });
+    const dialog = h(
+      "dialog",
+      { class: "key-dialog", "data-testid": "api-key-dialog", "aria-labelledby": "api-key-title" },
+      h(
+        "form",
+        { method: "dialog" },
+        h("h2", { id: "api-key-title" }, "API key needed"),
+        h("p", {}, `${reason}. This server keeps user data behind a key; its operator can give you one.`),
+        h("label", { for: "api-key" }, "API key"),
+        input,
+        h(
+          "p",
+          { class: "actions" },
+          h("button", { type: "submit", value: "cancel", class: "secondary", formnovalidate: true }, "Cancel"),
+          h("button", { type: "submit", value: "ok" }, "Use this key"),
+        ),
+      ),
+    );
+    dialog.addEventListener("close", () => {
+      const key = dialog.returnValue === "ok" ? input.value.trim() : "";
+      dialog.remove();
+      resolve(key);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    input.focus();
+  });
+}
+onApiKeyNeeded(askForApiKey);
 
 /** Who is browsing: {kind: "user", id} or {kind: "visitor"}; null until they say. */
 const identity = {

@@ -83,15 +83,14 @@ class TestUserRecommendations:
             assert ids(r.json()) == ids(client.get(f"/v1/users/{user}/recommendations?n=4").json())
             assert not set(ids(r.json())) & rated_by(user)
 
-    def test_any_of_several_genres_and_unknown_genre_matches_nothing(
-        self, client: TestClient
-    ) -> None:
+    def test_any_of_several_genres_and_an_unknown_genre_is_422(self, client: TestClient) -> None:
         both = client.get(
             "/v1/users/2/recommendations", params={"n": 100, "genres": "Comedy,Drama"}
         ).json()
         assert set(ids(both)) == set(range(1, 31)) - rated_by(2)
-        none = client.get("/v1/users/2/recommendations", params={"genres": "Western"}).json()
-        assert none["items"] == []
+        unknown = client.get("/v1/users/2/recommendations", params={"genres": "Western"})
+        body = assert_problem(unknown, 422, "Western", "Action, Comedy, Drama")
+        assert body["known"] == ["Action", "Comedy", "Drama"]
 
     def test_user_without_ratings_gets_popular_films(self, client: TestClient) -> None:
         body = client.get(f"/v1/users/{NEW_USER}/recommendations", params={"n": 4}).json()
@@ -159,7 +158,7 @@ class TestVisitorRecommendations:
         body = client.post("/v1/recommendations", json={"n": 3}).json()
         assert body["source"] == "popular" and len(body["items"]) == 3
 
-    def test_unknown_movies_are_422_listing_them(self, client: TestClient) -> None:
+    def test_unknown_movies_are_404_listing_them(self, client: TestClient) -> None:
         r = client.post(
             "/v1/recommendations",
             json={
@@ -170,7 +169,7 @@ class TestVisitorRecommendations:
                 ]
             },
         )
-        body = assert_problem(r, 422, "777", "888")
+        body = assert_problem(r, 404, "777", "888")
         assert body["movie_ids"] == [777, 888]
 
     def test_rating_out_of_range_is_422(self, client: TestClient) -> None:
@@ -199,7 +198,7 @@ class TestPredictions:
         assert all(0.5 <= i["predicted_rating"] <= 5 for i in body["items"])
 
     def test_errors(self, client: TestClient) -> None:
-        assert_problem(client.get("/v1/users/2/predictions?movie_ids=1,999"), 422, "999")
+        assert_problem(client.get("/v1/users/2/predictions?movie_ids=1,999"), 404, "999")
         assert_problem(client.get("/v1/users/2/predictions?movie_ids=a"), 422, "movie_ids")
         assert_problem(client.get("/v1/users/2/predictions"), 422, "movie_ids")
         assert_problem(client.get("/v1/users/5555/predictions?movie_ids=1"), 404, "5555")

@@ -143,10 +143,15 @@ def container_env(env: Database, tmp_path: Path) -> Iterator[dict[str, str]]:
         MOVIEREC_MODEL_DIR=str(tmp_path / "models"),
         MOVIEREC_DATA_DIR=str(tmp_path / "data"),
         MOVIEREC_LOG_LEVEL="INFO",
+        MOVIEREC_API_KEYS=API_KEY,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}",
     )
     environ.pop("MOVIEREC_ADMIN_TOKEN", None)
+    environ.pop("MOVIEREC_PUBLIC_API", None)
     yield environ
+
+
+API_KEY = "container-api-key-0123456789"
 
 
 def compose_argv(service: str) -> list[str]:
@@ -183,6 +188,10 @@ def test_containers_sequence_natively_on_postgres(
     port = free_port()
     argv[argv.index("--host") + 1] = "127.0.0.1"
     argv[argv.index("--port") + 1] = str(port)
+    # Production refuses to serve user data without keys (or a stated public API).
+    keyless = {k: v for k, v in container_env.items() if k != "MOVIEREC_API_KEYS"}
+    refused = subprocess.run(argv, env=keyless, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "MOVIEREC_API_KEYS" in refused.stdout + refused.stderr
     api = subprocess.Popen(
         argv, env=container_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -203,6 +212,7 @@ def test_containers_sequence_natively_on_postgres(
         assert ready[0] == 200, f"/readyz never became ready: {ready}"
         assert ready[1]["status"] == "ready"
         assert get_json(f"{base}/healthz") == (200, {"status": "ok"})
+        assert get_json(f"{base}/v1/users/1/ratings")[0] == 401  # user data behind the key
         # The page is served by the same process (no separate web server in the deployment).
         with urllib.request.urlopen(f"{base}/", timeout=5) as response:
             assert b'src="/static/app.js"' in response.read()

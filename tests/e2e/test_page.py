@@ -394,6 +394,62 @@ def test_admin_lists_models_and_follows_a_retrain(
     expect(jobs.get_by_role("button", name="Cancel job")).to_have_count(0)
 
 
+API_KEY = "e2e-api-key-0123456789abcdef"
+
+
+@pytest.fixture
+def keyed_url(server: Server, tmp_path: Path) -> Iterator[str]:
+    """A second `movierec serve` on the same store, with user data behind MOVIEREC_API_KEYS."""
+    port = free_port()
+    log = tmp_path / "keyed.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["movierec", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-worker"],
+            env={**server.environ, "MOVIEREC_API_KEYS": API_KEY},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_the_page_asks_for_the_api_key_and_sends_it(browser: Browser, keyed_url: str) -> None:
+    context = browser.new_context(viewport=DESKTOP, base_url=keyed_url)
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    sent: list[str | None] = []
+    tab.on(
+        "request",
+        lambda r: sent.append(r.headers.get("authorization")) if "/v1/users/" in r.url else None,
+    )
+    try:
+        tab.goto("/#/user/1")
+        dialog = tab.get_by_test_id("api-key-dialog")
+        expect(dialog).to_be_visible()
+        expect(dialog).to_contain_text("API key")
+        tab.get_by_role("textbox", name="API key").fill(API_KEY)
+        tab.get_by_role("button", name="Use this key").click()
+        tab.get_by_test_id("recommendations").locator("li").first.wait_for()
+        expect(tab.get_by_test_id("ratings").locator(":scope > li").first).to_be_visible()
+        expect(dialog).to_have_count(0)
+        assert None in sent and f"Bearer {API_KEY}" in sent
+        # Kept for the next visit: no question this time.
+        tab.reload()
+        tab.get_by_test_id("recommendations").locator("li").first.wait_for()
+        expect(tab.get_by_test_id("api-key-dialog")).to_have_count(0)
+    finally:
+        context.close()
+
+
 def test_errors_show_the_servers_detail(page: Page) -> None:
     page.goto("/#/movie/999999")
     expect(page.get_by_role("alert")).to_contain_text("movie 999999")

@@ -10,15 +10,15 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import AdminDep, HolderDep, SessionDep, SettingsDep
 from app.api.schemas.admin import JobOut, JobPage, ModelList, ModelOut, RetrainRequest
-from app.api.schemas.common import MAX_ID, problem_responses
+from app.api.schemas.common import CANONICAL, MAX_ID, problem_responses
 from app.db.models import ModelVersion, TrainingJob
 from app.services import jobs as jobs_service
 from app.services import models as models_service
 from app.services.errors import CheckpointRefusedError
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminDep])
-VersionId = Annotated[int, Path(ge=0, le=MAX_ID, description="A model version id.")]
-JobId = Annotated[int, Path(ge=0, le=MAX_ID, description="A training job id.")]
+VersionId = Annotated[int, Path(ge=0, le=MAX_ID, description="A model version id."), CANONICAL]
+JobId = Annotated[int, Path(ge=0, le=MAX_ID, description="A training job id."), CANONICAL]
 AUTH = (401, 403)
 
 
@@ -74,8 +74,8 @@ async def retrain(
 async def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Jobs to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size."), CANONICAL] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Jobs to skip."), CANONICAL] = 0,
 ) -> JobPage:
     jobs, total = jobs_service.list_jobs(
         session, limit=limit, offset=offset, heartbeat_timeout=settings.heartbeat_timeout_seconds

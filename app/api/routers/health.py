@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from app.api.deps import is_admin
 from app.api.schemas.health import Health, Ping, Readiness
 from app.repositories import jobs as jobs_repo
 from app.services import jobs as jobs_service
@@ -48,14 +49,25 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
+HIDDEN = "details (they name hosts and paths) are shown with the admin token"
+
+
 @router.get(
     "/readyz",
     summary="Database reachable and a model loaded",
+    description="Open to all. The errors' details, which name the database host and checkpoint "
+    "paths, are given only to a request with the admin token "
+    "(`Authorization: Bearer $MOVIEREC_ADMIN_TOKEN`).",
     responses={503: {"model": Readiness, "description": "A part is not ready"}},
 )
 async def readyz(request: Request) -> JSONResponse:
     database = await database_status(request)
     model = request.app.state.holder.readiness()
+    if not is_admin(request):
+        if "error" in database:
+            database["error"] = f"unreachable; {HIDDEN}"
+        if "last_failure" in model:
+            model["last_failure"]["error"] = f"failed to load; {HIDDEN}"
     if not model["loaded"]:
         model["error"] = "no model loaded: run `movierec train` (or POST /v1/admin/retrain)"
     # The training workers are shown, not required: the API answers without them.
@@ -76,6 +88,7 @@ async def readyz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     state = request.app.state
     state.metrics.memo_entries.set(len(state.memo))
+    state.metrics.memo_bytes.set(state.memo.bytes)
     try:
         with state.sessions() as session:
             counts = jobs_repo.counts_by_status(session)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from app.api.deps import SessionDep, StateDep
-from app.api.schemas.common import MAX_ID, problem_responses
+from app.api.schemas.common import CANONICAL, MAX_ID, problem_responses
 from app.api.schemas.movies import MovieOut, MoviePage
 from app.api.schemas.recommendations import RecommendedMovie, SimilarOut
 from app.db.models import Movie
@@ -17,7 +17,7 @@ from app.services import recommendations as rec_service
 from app.services.catalogue import split_genres
 
 router = APIRouter(prefix="/v1/movies", tags=["movies"])
-MovieId = Annotated[int, Path(ge=0, le=MAX_ID, description="A movie id.")]
+MovieId = Annotated[int, Path(ge=0, le=MAX_ID, description="A movie id."), CANONICAL]
 
 
 def movie_out(movie: Movie) -> MovieOut:
@@ -40,8 +40,10 @@ async def search_movies(
         ),
     ] = None,
     genre: Annotated[str | None, Query(max_length=100, description="Has this genre.")] = None,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 20,
-    offset: Annotated[int, Query(ge=0, le=10_000_000, description="Matches to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size."), CANONICAL] = 20,
+    offset: Annotated[
+        int, Query(ge=0, le=10_000_000, description="Matches to skip."), CANONICAL
+    ] = 0,
 ) -> MoviePage:
     movies, total = movies_service.search_movies(
         session, q=q, genre=genre, limit=limit, offset=offset
@@ -62,7 +64,7 @@ async def get_movie(session: SessionDep, movie_id: MovieId) -> MovieOut:
 async def similar_movies(
     state: StateDep,
     movie_id: MovieId,
-    n: Annotated[int, Query(ge=1, le=100, description="How many.")] = 10,
+    n: Annotated[int, Query(ge=1, le=100, description="How many."), CANONICAL] = 10,
 ) -> SimilarOut:
     result = rec_service.similar_movies(state, movie_id, n)
     return SimilarOut(

@@ -5,12 +5,18 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Response
 
-from app.api.deps import BatcherDep, MetricsDep, StateDep
+from app.api.deps import ApiKeyDep, BatcherDep, MetricsDep, StateDep
+from app.api.routers.params import make_filters
 from app.api.schemas.common import problem_responses
 from app.api.schemas.recommendations import RecommendationsOut, VisitorRequest
 from app.services import recommendations as rec_service
 
-router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
+router = APIRouter(
+    prefix="/v1/recommendations",
+    tags=["recommendations"],
+    dependencies=[ApiKeyDep],
+    responses=problem_responses(401),  # when MOVIEREC_API_KEYS is set
+)
 
 
 def recommendations_body(user_id: int | None, result: rec_service.Recommendations) -> bytes:
@@ -40,7 +46,7 @@ def recommendations_response(user_id: int | None, result: rec_service.Recommenda
     "",
     response_model=RecommendationsOut,
     summary="Recommendations for a visitor's ratings (folded in, not stored)",
-    responses=problem_responses(400, 413, 422, 503),
+    responses=problem_responses(400, 404, 413, 422, 503),
 )
 async def visitor_recommendations(
     body: VisitorRequest,
@@ -48,11 +54,12 @@ async def visitor_recommendations(
     batcher: BatcherDep,
     metrics: MetricsDep,
 ) -> Response:
-    filters = rec_service.Filters(
-        genres=tuple(g.strip() for g in body.genres if g.strip()),
-        year_min=body.year_min,
-        year_max=body.year_max,
-        exclude=tuple(body.exclude),
+    filters = make_filters(
+        body.genres,
+        body.year_min,
+        body.year_max,
+        body.exclude,
+        None if state is None else state.catalogue,
     )
     ratings = [(r.movie_id, r.rating) for r in body.ratings]
     result = await rec_service.recommend_for_visitor(

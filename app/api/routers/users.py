@@ -6,22 +6,33 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.api.deps import SessionDep, StateDep
-from app.api.routers.params import parse_ids, query_filters
+from app.api.deps import ApiKeyDep, SessionDep, StateDep
+from app.api.routers.params import (
+    ID_LIST_PATTERN,
+    ExcludeQuery,
+    GenresQuery,
+    YearMaxQuery,
+    YearMinQuery,
+    make_filters,
+    parse_ids,
+)
 from app.api.routers.recommendations import recommendations_response
-from app.api.schemas.common import MAX_ID, problem_responses
+from app.api.schemas.common import CANONICAL, MAX_ID, problem_responses
 from app.api.schemas.ratings import RatingIn, RatingOut, RatingPage
 from app.api.schemas.recommendations import PredictionOut, PredictionsOut, RecommendationsOut
 from app.db.models import Movie, Rating
 from app.services import ratings as ratings_service
 from app.services import recommendations as rec_service
 from app.services.catalogue import split_genres
-from app.services.errors import InvalidInputError
 
-router = APIRouter(prefix="/v1/users/{user_id}", tags=["users"])
-UserId = Annotated[int, Path(ge=0, le=MAX_ID, description="A user id.")]
-MovieId = Annotated[int, Path(ge=0, le=MAX_ID, description="A movie id.")]
-MAX_PREDICTIONS = 1000
+router = APIRouter(
+    prefix="/v1/users/{user_id}",
+    tags=["users"],
+    dependencies=[ApiKeyDep],
+    responses=problem_responses(401),  # when MOVIEREC_API_KEYS is set
+)
+UserId = Annotated[int, Path(ge=0, le=MAX_ID, description="A user id."), CANONICAL]
+MovieId = Annotated[int, Path(ge=0, le=MAX_ID, description="A movie id."), CANONICAL]
 
 
 def rating_out(rating: Rating, movie: Movie) -> RatingOut:
@@ -45,24 +56,25 @@ def rating_out(rating: Rating, movie: Movie) -> RatingOut:
 async def user_recommendations(
     request: Request,
     user_id: UserId,
-    n: Annotated[int, Query(ge=1, le=100, description="How many movies.")] = 10,
-    offset: Annotated[int, Query(ge=0, le=10_000, description="Top movies to skip.")] = 0,
-    genres: Annotated[
-        str | None, Query(max_length=2000, description="Comma list: keep any of these genres.")
-    ] = None,
-    year_min: Annotated[int | None, Query(ge=0, le=9999, description="Earliest year.")] = None,
-    year_max: Annotated[int | None, Query(ge=0, le=9999, description="Latest year.")] = None,
-    exclude: Annotated[
-        str | None, Query(max_length=20_000, description="Comma list of movie ids to leave out.")
-    ] = None,
+    n: Annotated[int, Query(ge=1, le=100, description="How many movies."), CANONICAL] = 10,
+    offset: Annotated[
+        int, Query(ge=0, le=10_000, description="Top movies to skip."), CANONICAL
+    ] = 0,
+    genres: GenresQuery = None,
+    year_min: YearMinQuery = None,
+    year_max: YearMaxQuery = None,
+    exclude: ExcludeQuery = None,
 ) -> Response:
-    filters = query_filters(genres, year_min, year_max, exclude)
     # The hot route reads app state directly (no dependencies to solve per request).
     app_state = request.app.state
     holder = app_state.holder
+    state = holder.state
+    filters = make_filters(
+        genres, year_min, year_max, exclude, None if state is None else state.catalogue
+    )
     result = await rec_service.recommend_for_user(
         holder.ratings,
-        holder.state,
+        state,
         app_state.batcher,
         user_id,
         n,
@@ -84,14 +96,16 @@ async def user_predictions(
     state: StateDep,
     user_id: UserId,
     movie_ids: Annotated[
-        str, Query(min_length=1, max_length=20_000, description="Comma list of movie ids.")
+        str,
+        Query(
+            min_length=1,
+            max_length=20_000,
+            json_schema_extra={"pattern": ID_LIST_PATTERN},
+            description="Comma list of movie ids (a movie not in the catalogue is a 404).",
+        ),
     ],
 ) -> PredictionsOut:
     ids = parse_ids(movie_ids, "movie_ids")
-    if not ids:
-        raise InvalidInputError("movie_ids: give at least one movie id", field="movie_ids")
-    if len(ids) > MAX_PREDICTIONS:
-        raise InvalidInputError(f"movie_ids: at most {MAX_PREDICTIONS} ids", field="movie_ids")
     version, predicted = rec_service.predict_for_user(session, state, user_id, ids)
     return PredictionsOut(
         user_id=user_id,
@@ -104,8 +118,10 @@ async def user_predictions(
 async def list_ratings(
     session: SessionDep,
     user_id: UserId,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
-    offset: Annotated[int, Query(ge=0, le=10_000_000, description="Ratings to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size."), CANONICAL] = 50,
+    offset: Annotated[
+        int, Query(ge=0, le=10_000_000, description="Ratings to skip."), CANONICAL
+    ] = 0,
 ) -> RatingPage:
     ratings, total = ratings_service.list_ratings(session, user_id, limit=limit, offset=offset)
     return RatingPage(

@@ -2,30 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.api.schemas.common import UtcDatetime
+from app.api.schemas.common import UtcDatetime, json_integer
 from ml.train import PRESETS
+
+if TYPE_CHECKING:
+    PresetName = str
+else:
+    PresetName = Literal[tuple(sorted(PRESETS))]
 
 
 class RetrainRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # a boolean is not a number, nor a string
+
     epochs: int | None = Field(None, ge=1, le=10_000, description="Override the preset's epochs.")
-    preset: str | None = Field(
-        None,
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_.-]+$",
-        description="Training preset name (see `ml.train.PRESETS`); `default` when omitted.",
+    # An enum of ml.train.PRESETS: an unknown preset is refused here (and the document lists
+    # the names), not by the worker after the job was queued.
+    preset: PresetName | None = Field(
+        None, description="Training preset name (`ml.train.PRESETS`); `default` when omitted."
     )
 
-    @field_validator("preset")
+    _integers = field_validator("epochs", mode="before")(json_integer)
+
+    @field_validator("preset", mode="before")
     @classmethod
-    def _known_preset(cls, name: str | None) -> str | None:
-        """An unknown preset is refused here, not by the worker after the job was queued."""
-        if name is not None and name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    def _known_preset(cls, name: object) -> object:
+        """Name the unknown preset and the known ones in the 422."""
+        if isinstance(name, str) and name not in PRESETS:
+            raise ValueError(f"unknown preset {name[:64]!r}; choose one of {sorted(PRESETS)}")
         return name
 
 

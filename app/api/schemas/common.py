@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_ID = 2_147_483_647  # ids are 32-bit integers in the store
+CANONICAL_INTEGER = re.compile(r"0|[1-9][0-9]*")
+
+
+def _canonical_integer(value: object) -> object:
+    """A path or query integer as text must be written canonically: ``1`` is user 1, while
+    ``1.0``, `` 1``, ``+1`` and ``01`` are refused (422), not read as 1."""
+    if isinstance(value, str) and CANONICAL_INTEGER.fullmatch(value) is None:
+        raise ValueError(
+            "must be a whole number in plain decimal digits (no sign, point, space or leading "
+            f"zero), got {value[:40]!r}"
+        )
+    return value
+
+
+def json_integer(value: object) -> object:
+    """A JSON body's integer as JSON Schema reads ``integer``: ``3.0`` is ``3`` (a number without
+    a fraction). Anything else is passed on unchanged, for a strict model to accept or refuse:
+    booleans and strings are not integers. Lists are converted item by item."""
+    if isinstance(value, list):
+        return [json_integer(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Metadata of an integer path or query parameter: canonical decimal digits only. Put it after
+# the Path()/Query() in the Annotated (FastAPI reads the bounds from the first metadata).
+CANONICAL = BeforeValidator(_canonical_integer)
 
 
 def _as_utc(value: datetime) -> datetime:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.common import UtcDatetime
 from app.rating_scale import RATING_MAX, RATING_MIN, RATING_STEP, RULE
 
 
 class RatingIn(BaseModel):
+    model_config = ConfigDict(strict=True)  # a boolean is not a number, nor a string
+
     rating: float = Field(
         ge=RATING_MIN, le=RATING_MAX, multiple_of=RATING_STEP, description=f"The rating, {RULE}."
     )

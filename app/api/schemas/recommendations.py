@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.api.schemas.common import MAX_ID
+from app.api.schemas.common import MAX_ID, json_integer
 from app.rating_scale import RATING_MAX, RATING_MIN, RATING_STEP, RULE
 
 
@@ -31,6 +31,8 @@ class RecommendationsOut(BaseModel):
 
 
 class VisitorRating(BaseModel):
+    model_config = ConfigDict(strict=True)  # a boolean is not a number, nor a string
+
     movie_id: int = Field(ge=0, le=MAX_ID, description="A movie of the catalogue.")
     rating: float = Field(
         ge=RATING_MIN,
@@ -39,8 +41,12 @@ class VisitorRating(BaseModel):
         description=f"The visitor's rating, {RULE}.",
     )
 
+    _integers = field_validator("movie_id", mode="before")(json_integer)
+
 
 class VisitorRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # a boolean is not a number, nor a string
+
     ratings: list[VisitorRating] = Field(
         default_factory=list,
         max_length=5000,
@@ -55,6 +61,10 @@ class VisitorRequest(BaseModel):
     year_max: int | None = Field(None, ge=0, le=9999, description="Latest release year.")
     exclude: list[Annotated[int, Field(ge=0, le=MAX_ID)]] = Field(
         default_factory=list, max_length=5000, description="Movie ids never to return."
+    )
+
+    _integers = field_validator("n", "offset", "year_min", "year_max", "exclude", mode="before")(
+        json_integer
     )
 
 
