@@ -136,8 +136,10 @@ class Recommender:
             np.asarray(manifest.get("popularity", np.zeros(len(self.movie_ids))), dtype=np.int64)
         )
         self._popular_order = _readonly(np.argsort(-self._popularity, kind="stable"))
-        emb = model.item_embeddings().detach().float()  # (I, d)
-        self._unit_items = torch.nn.functional.normalize(emb, dim=1).contiguous().to(device)
+        self._unit_items: torch.Tensor | None = None  # (I, d) for a model without EASE
+        if model.wide is None:
+            emb = model.item_embeddings().detach().float()  # (I, d)
+            self._unit_items = torch.nn.functional.normalize(emb, dim=1).contiguous().to(device)
         self.global_mean, self._item_bias = self._bias_terms(model, manifest)
         # Last: the statistics above are read from the float32 weights.
         self.precision = self._choose_precision(precision)
@@ -554,7 +556,9 @@ class Recommender:
 
     # ------------------------------------------------------------------ catalogue
     def similar(self, movie_id: int, n: int = 10) -> list[Scored]:
-        """The ``n`` movies closest to ``movie_id`` by cosine of the learned item embeddings.
+        """The ``n`` movies most similar to ``movie_id`` by the model's item–item weights
+        (``Autoencoder.similar_to``; the score is that weight), or, for a model without them,
+        by cosine of the learned item embeddings.
 
         The movie itself is never returned; an unknown id raises ``KeyError``.
         """
@@ -562,7 +566,10 @@ class Recommender:
         if col < 0:
             raise KeyError(f"movie {movie_id} is not known to model {self.version_name}")
         with torch.inference_mode():
-            sims = self._unit_items @ self._unit_items[col]  # (I,)
+            if self._unit_items is None:
+                sims = self.model.similar_to(col).clone()  # (I,)
+            else:
+                sims = self._unit_items @ self._unit_items[col]  # (I,)
             sims[col] = -math.inf
             k = min(n, self.n_items - 1)
             top_s, top_c = torch.topk(sims, k)

@@ -234,7 +234,7 @@ def predict_for_user(
 
 
 def similar_movies(state: ServingState | None, movie_id: int, n: int) -> Recommendations:
-    """Movies closest to ``movie_id`` in the model's learned item representations."""
+    """Movies most similar to ``movie_id`` by the model's item–item weights."""
     live = require_state(state)
     if movie_id not in live.catalogue.row_of:
         raise NotFoundError(f"movie {movie_id} does not exist", movie_id=movie_id)
