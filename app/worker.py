@@ -18,6 +18,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -181,6 +182,7 @@ class Worker:
         with self.sessions() as session:
             job = session.get(TrainingJob, job_id)
             params: dict[str, Any] = dict(job.params or {}) if job is not None else {}
+            active = registry.active_version(session)  # scored beside the new model
         overrides: dict[str, Any] = {"device": self.settings.device}
         if params.get("epochs") is not None:
             overrides["epochs"] = int(params["epochs"])
@@ -188,7 +190,11 @@ class Worker:
         on_epoch = self._progress_writer(job_id, config.epochs, heartbeat)
         on_epoch({"epoch": 0})
         result = train_from_store(
-            self.settings.database_url, self.settings.model_dir, config, on_epoch=on_epoch
+            self.settings.database_url,
+            self.settings.model_dir,
+            config,
+            on_epoch=on_epoch,
+            active=Path(active.path) if active is not None else None,
         )
         if result is None:  # pragma: no cover - only DDP ranks > 0 return None
             raise RuntimeError("training wrote no checkpoint")

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ml.checkpoint import RATING_SCALE, CheckpointError, load
+from ml.checkpoint import RATING_SCALE, CheckpointError, load_model
 from ml.model import Autoencoder
 
 UserRatings = Mapping[int, float] | Sequence[tuple[int, float]]
@@ -216,12 +216,7 @@ class Recommender:
         ``auto`` (see ``_choose_precision``; the API server's choice).
         """
         path = Path(path)
-        manifest, state = load(path)
-        try:
-            model = Autoencoder.from_architecture(manifest["architecture"])
-            model.load_state_dict(state)
-        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: weights do not fit the architecture: {exc}") from exc
+        model, manifest = load_model(path)
         return cls(model, manifest, path, resolve_device(device), precision)
 
     @staticmethod

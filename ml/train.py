@@ -40,7 +40,15 @@ from torch import nn
 from tqdm import tqdm
 
 from ml import checkpoint
-from ml.data import DataError, RatingsData, densify, load_ratings, pack_rows, validation_split
+from ml.data import (
+    DataError,
+    RatingsData,
+    densify,
+    load_ratings,
+    pack_rows,
+    remap_columns,
+    validation_split,
+)
 from ml.inference import resolve_device
 from ml.model import Autoencoder, ModelConfig, ranks_as_scores
 
@@ -678,6 +686,48 @@ def finish(
     return facts
 
 
+def gate_figures(
+    model: Autoencoder,
+    train: sp.csr_matrix,
+    val: sp.csr_matrix,
+    movie_ids: np.ndarray,
+    active: Path,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """What the activation gate compares: the finished model and the active checkpoint at
+    ``active``, each as it would be served, scored by :func:`validate` on the same held-out
+    ratings — the new model's validation slice ``val``, less the ratings of movies the active
+    model does not know (it could neither rank nor rate them) — from the same training rows.
+
+    Both figures are optimistic alike: the active model saw most of this slice when it was
+    trained, the new one's EASE path was solved on it at the end of :func:`finish`. They are
+    meant for comparison, not as an estimate of quality. An active checkpoint that cannot be
+    loaded is recorded with its error (the gate then says so).
+    """
+    try:
+        old, manifest = checkpoint.load_model(active)
+    except checkpoint.CheckpointError as exc:
+        return {"active": {"path": str(active), "error": str(exc)}}
+    old_ids = np.asarray(manifest["movie_ids"], dtype=np.int64)
+    known = np.isin(movie_ids, old_ids).astype(np.float32)  # (I,)
+    shared = sp.csr_matrix(val @ sp.diags(known), dtype=np.float32)
+    shared.eliminate_zeros()
+    cpu = torch.device("cpu")
+    new_figures = validate(model, train, shared, cpu, config)
+    old_figures = validate(
+        old,
+        remap_columns(train, movie_ids, old_ids),
+        remap_columns(shared, movie_ids, old_ids),
+        cpu,
+        config,
+    )
+    return {
+        "held_out_ratings": int(shared.nnz),
+        "new": new_figures,
+        "active": {"path": str(active), "sha256": manifest["weights_sha256"], **old_figures},
+    }
+
+
 def best_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"validation": {...}}`` of the restored (best) epoch, plus epoch counts."""
     validated = [h for h in history if "best_epoch" in h]
@@ -742,11 +792,14 @@ def train_from_store(
     *,
     on_epoch: EpochCallback | None = None,
     data: RatingsData | None = None,
+    active: Path | None = None,
 ) -> TrainResult | None:
     """Load the store, hold out a validation slice, fit, write the checkpoint and its curve.
 
     Returns the written checkpoint; ``None`` on DDP ranks other than 0, which write nothing.
-    ``data`` skips the load when the caller already has it.
+    ``data`` skips the load when the caller already has it. ``active``: the checkpoint now
+    served, scored beside the new model on the same held-out slice for the activation gate
+    (``metrics["gate"]``, see :func:`gate_figures`).
     """
     data = data if data is not None else load_ratings(database_url)
     if data.matrix.nnz == 0:
@@ -757,6 +810,8 @@ def train_from_store(
         return None
     metrics = best_metrics(history)
     metrics |= finish(model, train, val, data.matrix, config)
+    if active is not None and val.nnz:
+        metrics["gate"] = gate_figures(model, train, val, data.movie_ids, active, config)
     manifest = build_manifest(data, model, config, metrics)
     history_lines = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
     path, sha = checkpoint.save(

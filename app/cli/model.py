@@ -74,15 +74,20 @@ def train(
     settings.ensure_dirs()
     if device is not None and device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
-    if if_no_model:
-        with session_scope(settings.database_url) as session:
-            active = registry.active_version(session)
-            if active is not None:
-                typer.echo(f"model {Path(active.path).name} is active: nothing to train")
-                return
+    with session_scope(settings.database_url) as session:
+        active = registry.active_version(session)
+        active_path = Path(active.path) if active is not None else None
+    if if_no_model and active_path is not None:
+        typer.echo(f"model {active_path.name} is active: nothing to train")
+        return
     try:
         config = _train_config(preset_name, config_file, epochs, device or settings.device)
-        result = train_from_store(settings.database_url, settings.model_dir, config)
+        result = train_from_store(
+            settings.database_url,
+            settings.model_dir,
+            config,
+            active=None if no_activate else active_path,
+        )
     except (ValueError, DataError, RuntimeError) as exc:
         fail(str(exc))
     assert result is not None  # one process: this is rank 0

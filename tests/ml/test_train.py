@@ -183,6 +183,32 @@ def test_train_from_store_writes_a_complete_checkpoint(database, tmp_path: Path)
     assert len((result.path / "history.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_rebuilt_model_scores_as_the_active_one_on_the_same_slice(
+    database, tmp_path: Path
+) -> None:
+    """The gate's figures: the same training twice gives the same model, and scored on one
+    slice the two get the same figures (the issue's refusal compared two different slices)."""
+    rng = np.random.default_rng(1)
+    movies = list(range(1, 21))
+    ratings = [
+        (u, m, float(rng.integers(1, 11)) / 2)
+        for u in range(1, 31)
+        for m in rng.choice(movies, size=8, replace=False).tolist()
+    ]
+    insert_store(database.engine, movies=movies, ratings=ratings)
+    config = tiny_config(epochs=2, val_frac=0.2)
+    first = train_from_store(database.url, tmp_path / "a", config)
+    assert first is not None and "gate" not in first.metrics
+    second = train_from_store(database.url, tmp_path / "b", config, active=first.path)
+    assert second is not None
+    gate = second.metrics["gate"]
+    assert gate["active"]["sha256"] == first.sha256
+    assert gate["held_out_ratings"] == gate["new"]["n_ratings"] > 0
+    assert gate["new"] == {k: v for k, v in gate["active"].items() if k not in ("path", "sha256")}
+    missing = train_from_store(database.url, tmp_path / "c", config, active=tmp_path / "gone")
+    assert missing is not None and "gone" in missing.metrics["gate"]["active"]["error"]
+
+
 def test_finish_uses_the_validation_slice_then_refits_ease_on_every_rating(split) -> None:
     from ml.model import ease_weights
 
