@@ -51,7 +51,7 @@ def default_worker_id() -> str:
 
 
 def progress_from_epoch(record: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """The job's ``progress`` JSON from one epoch record of ``ml.train.fit``."""
+    """The job's ``progress`` JSON from one epoch record of ``ml.fit.pipeline.fit``."""
     val = {k.removeprefix("val_"): v for k, v in record.items() if k.startswith("val_")}
     return {
         "epoch": int(record.get("epoch", 0)),
@@ -177,7 +177,8 @@ class Worker:
         return outcome
 
     def _train_and_register(self, job_id: int, heartbeat: Heartbeat) -> Outcome:
-        from ml.train import preset, train_from_store, with_overrides
+        from ml.fit.config import preset, with_overrides
+        from ml.fit.pipeline import train_from_store
 
         with self.sessions() as session:
             job = session.get(TrainingJob, job_id)

@@ -7,7 +7,7 @@ over the films of every series. Every method sees all of MovieLens-100K:
 - ``item-knn cosine``: cosine of the movies' columns of the binary rating matrix;
 - ``ease columns``: EASE's item × item weights (λ = 500), the column of the film;
 - ``served``: ``Recommender.similar`` — what ``GET /v1/movies/{id}/similar`` answers — of a
-  checkpoint trained by ``ml.train.train_from_store`` with the default preset (5 % slice held
+  checkpoint trained by ``ml.fit.pipeline.train_from_store`` with the default preset (5 % slice held
   out for early stopping and finishing, as ``movierec train`` does). ``--skip-served`` leaves it
   out (it trains the model: about a minute on 2 cores).
 
@@ -120,8 +120,9 @@ def ease_columns(matrix: sp.csr_matrix, lam: float) -> Neighbours:
 
 def served(data: RatingsData) -> tuple[Neighbours, dict]:
     """``Recommender.similar`` of a checkpoint written as ``movierec train`` writes it."""
+    from ml.fit.config import preset, with_overrides
+    from ml.fit.pipeline import train_from_store
     from ml.inference import Recommender
-    from ml.train import preset, train_from_store, with_overrides
 
     config = with_overrides(preset("default"), {"device": "cpu", "progress": False})
     with tempfile.TemporaryDirectory() as tmp:

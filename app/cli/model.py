@@ -38,7 +38,7 @@ def _train_config(
     preset_name: str, config_file: Path | None, epochs: int | None, device: str | None
 ) -> Any:
     """TrainConfig from a preset, a JSON/TOML overrides file, then the flags."""
-    from ml.train import preset, read_config_file, with_overrides
+    from ml.fit.config import preset, read_config_file, with_overrides
 
     config = preset(preset_name)
     if config_file is not None:
@@ -68,7 +68,7 @@ def train(
 ) -> None:
     """Train on the store, write and register a checkpoint, print validation metrics."""
     from ml.data import DataError
-    from ml.train import train_from_store
+    from ml.fit.pipeline import train_from_store
 
     settings = get_settings()
     settings.ensure_dirs()
@@ -127,7 +127,7 @@ def evaluate(
     """RMSE/MAE and top-N metrics of the autoencoders against baselines, as a report."""
     from ml import evaluate as ml_evaluate
     from ml.data import DataError, load_ratings
-    from ml.train import preset, with_overrides
+    from ml.fit.config import preset, with_overrides
 
     settings = get_settings()
     training: dict[str, Any] | None = None

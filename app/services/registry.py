@@ -135,7 +135,7 @@ def activation_gate(
     """Decide whether a new model may replace the active one.
 
     ``*_metrics`` are the versions' ``metrics`` JSON. The fair comparison is the one training
-    made at finishing (``metrics["gate"]``, ``ml.train.gate_figures``): the new model and the
+    made at finishing (``metrics["gate"]``, ``ml.fit.finish.gate_figures``): the new model and the
     active checkpoint scored on the same held-out slice; it is used when it scored the model
     still active (``active_sha256``). Otherwise — the active model changed meanwhile, or could
     not be scored — each version's own ``"validation"`` figures are compared, measured on

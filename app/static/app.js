@@ -816,7 +816,7 @@ function viewAdmin() {
   );
 }
 
-/** The training presets the page offers (the API accepts every name in `ml.train.PRESETS`). */
+/** The training presets the page offers (the API accepts every name in `ml.fit.config.PRESETS`). */
 const PRESETS = [
   ["default", "default: best ratings"],
   ["fast", "fast: cheaper to serve"],

@@ -13,9 +13,10 @@ import scipy.sparse as sp
 import torch
 
 from ml.checkpoint import load, save
+from ml.fit.config import TrainConfig
+from ml.fit.pipeline import fit
 from ml.inference import HalfLinear, Recommender, Scored, half_linear_available
 from ml.model import Autoencoder
-from ml.train import TrainConfig, fit
 from tests.ml.test_checkpoint import TINY
 from tests.ml.test_data import random_matrix
 

@@ -10,8 +10,10 @@ import scipy.sparse as sp
 import torch
 
 from ml.data import densify, pack_rows, split_per_user
+from ml.fit.config import TrainConfig
+from ml.fit.loop import make_optimizer, validate
+from ml.fit.pipeline import fit
 from ml.model import Autoencoder, ModelConfig
-from ml.train import TrainConfig, fit, make_optimizer, validate
 from tests.ml.test_model import random_ratings
 
 # Models without the paths that read whole rows (wide, residual ridge, refeed): every knob the

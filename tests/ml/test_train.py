@@ -1,4 +1,4 @@
-"""ml.train: the loss falls, the best epoch is restored, seeds repeat, store → checkpoint."""
+"""ml.fit: the loss falls, the best epoch is restored, seeds repeat, store → checkpoint."""
 
 from __future__ import annotations
 
@@ -15,23 +15,11 @@ import torch
 from ml import metrics
 from ml.checkpoint import load
 from ml.data import split_per_user
+from ml.fit.config import PRESETS, TrainConfig, preset, read_config_file, with_overrides
+from ml.fit.finish import finish
+from ml.fit.loop import Dist, _ndcg_recall_sums, lr_factor, shard, validate
+from ml.fit.pipeline import best_metrics, fit, train_from_store
 from ml.model import ModelConfig
-from ml.train import (
-    PRESETS,
-    Dist,
-    TrainConfig,
-    _ndcg_recall_sums,
-    best_metrics,
-    finish,
-    fit,
-    lr_factor,
-    preset,
-    read_config_file,
-    shard,
-    train_from_store,
-    validate,
-    with_overrides,
-)
 from tests.ml.test_checkpoint import TINY
 from tests.ml.test_data import insert_store, random_matrix
 
@@ -253,7 +241,7 @@ def _tiny_toml(tmp_path: Path) -> Path:
 
 
 def test_module_entry_point_writes_a_checkpoint(database, tmp_path: Path, capsys) -> None:
-    from ml.train import main
+    from ml.fit.pipeline import main
 
     _tiny_store(database)
     out = tmp_path / "models"

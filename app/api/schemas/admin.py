@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from app.api.schemas.common import UtcDatetime
-from ml.train import PRESETS
+from ml.fit.config import PRESETS
 
 
 class RetrainRequest(BaseModel):
@@ -17,7 +17,7 @@ class RetrainRequest(BaseModel):
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9_.-]+$",
-        description="Training preset name (see `ml.train.PRESETS`); `default` when omitted.",
+        description="Training preset name (see `ml.fit.config.PRESETS`); `default` when omitted.",
     )
 
     @field_validator("preset")
