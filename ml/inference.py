@@ -26,10 +26,10 @@ import scipy.sparse as sp
 import torch
 
 from ml.checkpoint import RATING_SCALE, CheckpointError, load_model
-from ml.model import Autoencoder
+from ml.model import Autoencoder, user_offset
+from ml.scored import Scored
 
 UserRatings = Mapping[int, float] | Sequence[tuple[int, float]]
-USER_BIAS_REG = 10.0  # shrinkage of a user's offset in the bias fallback (pseudo-ratings)
 BATCH = 256  # users per forward pass in recommend_many
 PRECISIONS = ("float32", "bfloat16", "float16", "auto")
 BF16_MIN_ITEMS = 20_000  # below this the output layers are cheap: float32 everywhere
@@ -61,15 +61,6 @@ def half_linear_available() -> bool:
         return bool(layer(torch.ones(2, 4)).shape == (2, 3))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
-
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """One recommended movie: its id, ranking score and predicted rating."""
-
-    movie_id: int
-    score: float
-    predicted_rating: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,12 +506,13 @@ class Recommender:
         return float(min(max(x, self.rating_min), self.rating_max))
 
     def user_offset(self, ratings: UserRatings) -> float | None:
-        """Shrunk mean deviation of the user's ratings from global mean + movie bias."""
+        """The user's offset from global mean + movie bias (``ml.model.user_offset``, with the
+        model's own shrinkage ``user_bias_reg``); None without ratings."""
         cols, vals = self._encode(ratings)
         if len(cols) == 0:
             return None
         dev = vals - self.global_mean - self._item_bias[cols]
-        return float(dev.sum() / (len(cols) + USER_BIAS_REG))
+        return float(user_offset(dev.sum(), len(cols), self.model.config.user_bias_reg))
 
     def predict_with_fallback(
         self, ratings: UserRatings, movie_ids: Iterable[int]

@@ -242,16 +242,19 @@ class GramSolver:
 
 
 def _binary_gram(train: sp.csr_matrix) -> np.ndarray:
-    x = (train > 0).astype(np.float64)
+    x = (sp.csr_matrix(train) != 0).astype(np.float64)
     return np.asarray((x.T @ x).toarray())  # (I, I)
 
 
-def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
+def ease_weights(
+    train: sp.csr_matrix, lam: float, dtype: type[np.floating] = np.float32
+) -> np.ndarray:
     """Closed-form EASE (Steck 2019) on the binarised matrix: B = I - P / diag(P),
-    P = (XᵀX + λI)⁻¹; the diagonal of B is exactly zero. Returns (I, I) float32."""
+    P = (XᵀX + λI)⁻¹; the diagonal of B is exactly zero. Returns (I, I) of ``dtype`` (solved
+    in float64). The one EASE solve: the model's path and the EASE baseline both call it."""
     gram = _binary_gram(train)
     gram[np.diag_indices_from(gram)] += lam
-    return _zero_diagonal_solution(np.linalg.inv(gram)).astype(np.float32)
+    return _zero_diagonal_solution(np.linalg.inv(gram)).astype(dtype, copy=False)
 
 
 def tune_ease_lambda(
@@ -290,15 +293,23 @@ def bias_statistics(train: sp.csr_matrix, item_reg: float) -> tuple[float, np.nd
     return mu, (sums / (counts + item_reg)).astype(np.float32)
 
 
+def user_offset(deviation_sums: Any, counts: Any, reg: float) -> Any:
+    """The user offset b_u = Σ(r − μ − b_i) / (n_u + ``reg``): the sum of a user's deviations
+    from the baseline over their n_u ratings, shrunk toward 0 by ``reg`` pseudo-ratings. Arrays
+    or tensors alike. The one place of this formula: the model's forward passes and losses, its
+    training statistics, the bias baseline and the serving fallback all call it."""
+    return deviation_sums / (counts + reg)
+
+
 def user_offsets(
     train: sp.csr_matrix, mu: float, item_bias: np.ndarray, user_reg: float
 ) -> np.ndarray:
-    """(U,) user offsets b_u = Σ(r − μ − b_i) / (n_u + ``user_reg``), computed from each row
-    exactly as the forward pass does."""
+    """(U,) user offsets (``user_offset``) of every row of ``train``, as the forward pass
+    computes them."""
     coo = sp.coo_matrix(train, dtype=np.float64)
     dev = coo.data - mu - item_bias[coo.col]  # (nnz,)
     counts = np.bincount(coo.row, minlength=train.shape[0])
-    return np.bincount(coo.row, dev, minlength=train.shape[0]) / (counts + user_reg)
+    return user_offset(np.bincount(coo.row, dev, minlength=train.shape[0]), counts, user_reg)
 
 
 def residual_matrix(
@@ -990,7 +1001,7 @@ class Autoencoder(nn.Module):
         mask = m.to(self.input_bias.dtype)
         dev = (x - self.global_mean - self.item_bias) * mask
         n = mask.sum(1, keepdim=True)  # (B, 1)
-        user_bias = dev.sum(1, keepdim=True) / (n + self.config.user_bias_reg)  # (B, 1)
+        user_bias = user_offset(dev.sum(1, keepdim=True), n, self.config.user_bias_reg)  # (B, 1)
         base = self.global_mean + self.item_bias + user_bias  # (B, I)
         resid = (dev - user_bias) * mask
         full, _ = self._heads(x, m)  # base + deep + ridge + codes, unclamped
@@ -1275,7 +1286,7 @@ class Autoencoder(nn.Module):
             return None, values
         dev = values - self.global_mean - self.item_bias.index_select(0, indices)  # (N,)
         sums = values.new_zeros(count.shape[0]).index_add_(0, seg, dev)  # (B,)
-        user_bias = sums.unsqueeze(1) / (count + self.config.user_bias_reg)  # (B, 1)
+        user_bias = user_offset(sums.unsqueeze(1), count, self.config.user_bias_reg)  # (B, 1)
         return user_bias, dev - _per_entry(user_bias, seg, dev.numel())
 
     def code_vectors(self, users: SparseUsers) -> Tensor | None:
@@ -1326,7 +1337,8 @@ class Autoencoder(nn.Module):
         n = m.sum(1, keepdim=True)  # (B, 1)
         if self.config.baseline:
             dev = (ratings - self.global_mean - self.item_bias) * m  # (B, I)
-            user_bias = dev.sum(1, keepdim=True) / (n + self.config.user_bias_reg)  # (B, 1)
+            sums = dev.sum(1, keepdim=True)  # (B, 1)
+            user_bias = user_offset(sums, n, self.config.user_bias_reg)  # (B, 1)
             resid = (dev - user_bias) * m  # (B, I)
             base = self.global_mean + self.item_bias + user_bias  # (B, I)
         else:
@@ -1466,7 +1478,7 @@ class Autoencoder(nn.Module):
         if cfg.baseline:
             dev = (shown - self.global_mean - self.item_bias[indices]) * keep  # (N,)
             sums = values.new_zeros(n_b).index_add_(0, seg, dev)
-            user_bias = sums.unsqueeze(1) / (n_keep + cfg.user_bias_reg)  # (B, 1)
+            user_bias = user_offset(sums.unsqueeze(1), n_keep, cfg.user_bias_reg)  # (B, 1)
             resid = (dev - user_bias[seg, 0]) * keep  # (N,)
             base = self.global_mean + self.item_bias[indices] + user_bias[seg, 0]  # (N,)
         else:

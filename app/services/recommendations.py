@@ -20,6 +20,7 @@ from app.repositories import users as users_repo
 from app.repositories.ratings import RatingsReader
 from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
 from app.serving import MicroBatcher, ResultMemo, ServingState, rank_batch
+from ml.scored import Scored
 
 NO_MODEL_DETAIL = (
     "no model is loaded yet: train one with `movierec train` "
@@ -73,14 +74,16 @@ def _allowed(state: ServingState, filters: Filters) -> np.ndarray:
     return allowed
 
 
-def _items(state: ServingState, scored: Sequence) -> list[Item]:
+def _items(state: ServingState, scored: Sequence[Scored]) -> list[Item]:
+    """The scored movies (``ml.scored.Scored``) with their catalogue facts, as the API shows
+    them; a predicted rating of NaN (lists that do not rate) becomes None."""
     catalogue = state.catalogue
     out: list[Item] = []
     for s in scored:
         row = catalogue.row_of.get(int(s.movie_id))
         if row is None:  # a model column no longer in the catalogue: never shown
             continue
-        predicted = getattr(s, "predicted_rating", None)
+        predicted: float | None = s.predicted_rating
         if predicted is not None and math.isnan(predicted):  # e.g. similar movies: no rating
             predicted = None
         out.append(

@@ -27,12 +27,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from ml import metrics
 from ml.data import densify, pack_rows
 from ml.fit.config import TrainConfig
 from ml.model import Autoencoder, ranks_as_scores
 
 EpochCallback = Callable[[dict[str, Any]], None]
-RELEVANT = 4.0  # a held-out rating >= this is relevant for NDCG (as in ml.metrics)
 TOP_K = 10
 EVAL_CELLS = 1 << 24  # largest (users x movies) block densified at once during validation
 
@@ -155,25 +155,17 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 def _ndcg_recall_sums(
     scores: torch.Tensor, truth: torch.Tensor, truth_mask: torch.Tensor, k: int
 ) -> tuple[float, float, float]:
-    """Sums over users of binary NDCG@k and recall@k, and the number of users counted.
-
-    Same definitions as ``ml.metrics``: relevance = held-out rating >= 4, ideal DCG from
-    min(k, #relevant), recall normalised by min(k, #relevant), users without a relevant
-    held-out movie skipped. ``scores`` already has the training movies at -inf.
-    """
-    relevant = truth_mask & (truth >= RELEVANT)  # (B, I)
-    n_rel = relevant.sum(1)  # (B,)
-    k = min(k, scores.shape[1])
-    top = torch.topk(scores, k, dim=1).indices  # (B, k)
-    hits = relevant.gather(1, top).float()  # (B, k)
-    discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=scores.device, dtype=torch.float))
-    dcg = (hits * discount).sum(1)
-    ideal_n = n_rel.clamp(max=k)
-    idcg = torch.cumsum(discount, 0)[(ideal_n - 1).clamp(min=0)]
-    counted = n_rel > 0
-    ndcg = torch.where(counted, dcg / idcg, torch.zeros_like(dcg))
-    recall = torch.where(counted, hits.sum(1) / ideal_n.clamp(min=1), torch.zeros_like(dcg))
-    return float(ndcg.sum()), float(recall.sum()), float(counted.sum())
+    """Sums over users of NDCG@k and recall@k (``ml.metrics.ndcg_of_hits``, ``recall_of_hits``:
+    relevance = held-out rating >= 4), and the number of users counted (those with a relevant
+    held-out movie). ``scores`` already has the training movies at -inf; the top k is taken
+    on the scores' device, only the (B, k) hits come to the CPU."""
+    relevant = truth_mask & (truth >= metrics.RELEVANCE_THRESHOLD)  # (B, I)
+    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices  # (B, k)
+    hits = relevant.gather(1, top).cpu().numpy()  # (B, k)
+    n_rel = relevant.sum(1).cpu().numpy()  # (B,)
+    ndcg = metrics.ndcg_of_hits(hits, n_rel)
+    recall = metrics.recall_of_hits(hits, n_rel)
+    return float(np.nansum(ndcg)), float(np.nansum(recall)), float((n_rel > 0).sum())
 
 
 @torch.no_grad()

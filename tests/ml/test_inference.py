@@ -16,7 +16,7 @@ from ml.checkpoint import load, save
 from ml.fit.config import TrainConfig
 from ml.fit.pipeline import fit
 from ml.inference import HalfLinear, Recommender, Scored, half_linear_available
-from ml.model import Autoencoder
+from ml.model import Autoencoder, user_offsets
 from tests.ml.test_checkpoint import TINY
 from tests.ml.test_data import random_matrix
 
@@ -113,6 +113,18 @@ def test_fallback_predictions_name_their_source(rec: Recommender) -> None:
     assert [p.source for p in stranger] == ["bias", "global_mean"]
     assert stranger[1].value == pytest.approx(rec.global_mean)
     assert all(0.5 <= p.value <= 5.0 for p in known + stranger)
+
+
+def test_the_bias_fallback_uses_the_models_own_user_offset(rec: Recommender) -> None:
+    """A movie the model lacks gets μ + b_u with the b_u the model's baseline computes (one
+    formula, one shrinkage: ``user_bias_reg``), not a second shrinkage of its own."""
+    cols, _ = rec.index_of(USER)
+    row = sp.csr_matrix((list(USER.values()), ([0] * len(cols), cols.tolist())), shape=(1, N_ITEMS))
+    item_bias = rec.model.item_bias.numpy()
+    b_u = user_offsets(row, float(rec.model.global_mean), item_bias, TINY.user_bias_reg)[0]
+    (fallback,) = rec.predict_with_fallback(USER, [5])
+    assert fallback.source == "bias"
+    assert fallback.value == pytest.approx(float(rec.model.global_mean) + b_u, abs=1e-5)
 
 
 def test_sparse_serving_path_matches_the_dense_forward(rec: Recommender) -> None:
