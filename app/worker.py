@@ -30,6 +30,7 @@ from app.observability import configure_logging
 from app.repositories import jobs as jobs_repo
 from app.services import jobs as jobs_service
 from app.services import registry
+from ml import progress
 
 log = logging.getLogger("movierec.worker")
 
@@ -61,6 +62,13 @@ def progress_from_epoch(record: dict[str, Any], epochs: int) -> dict[str, Any]:
         "best_epoch": record.get("best_epoch"),
         "seconds": record.get("seconds"),
     }
+
+
+def progress_from_phase(report: dict[str, Any]) -> dict[str, Any]:
+    """The job's ``progress`` JSON fields from one phase report of ``ml.progress``: the phase,
+    how far it got (``done`` of ``total``, None when unknown) and its elapsed seconds."""
+    keys = ("phase", "done", "total", "elapsed_s", "finished")
+    return {k: report.get(k) for k in keys}
 
 
 class Heartbeat:
@@ -184,39 +192,55 @@ class Worker:
             job = session.get(TrainingJob, job_id)
             params: dict[str, Any] = dict(job.params or {}) if job is not None else {}
             active = registry.active_version(session)  # scored beside the new model
-        overrides: dict[str, Any] = {"device": self.settings.device}
+        # No progress bars: the worker's output goes to the server log, as log lines.
+        overrides: dict[str, Any] = {"device": self.settings.device, "progress": False}
         if params.get("epochs") is not None:
             overrides["epochs"] = int(params["epochs"])
         config = with_overrides(preset(str(params.get("preset") or "default")), overrides)
-        on_epoch = self._progress_writer(job_id, config.epochs, heartbeat)
+        on_epoch, on_phase = self._progress_writer(job_id, config.epochs, heartbeat)
         on_epoch({"epoch": 0})
         result = train_from_store(
             self.settings.database_url,
             self.settings.model_dir,
             config,
             on_epoch=on_epoch,
+            on_progress=on_phase,
             active=Path(active.path) if active is not None else None,
         )
         if result is None:  # pragma: no cover - only DDP ranks > 0 return None
             raise RuntimeError("training wrote no checkpoint")
-        return self._register(result)
+        with progress.reporting(on_phase), progress.phase("registering"):
+            return self._register(result)
 
     def _progress_writer(
         self, job_id: int, epochs: int, heartbeat: Heartbeat
-    ) -> Callable[[dict[str, Any]], None]:
-        def on_epoch(record: dict[str, Any]) -> None:
-            if self.stopping.is_set():
+    ) -> tuple[Callable[[dict[str, Any]], None], Callable[[dict[str, Any]], None]]:
+        """The job's progress writers: one for epoch records, one for phase reports
+        (``ml.progress``); both update one ``progress`` JSON, phase start and end are logged."""
+        latest: dict[str, Any] = {}
+
+        def write(update: dict[str, Any], interruptible: bool = True) -> None:
+            if interruptible and self.stopping.is_set():
                 raise JobInterrupted("the worker was asked to stop")
-            if heartbeat.lost.is_set():
+            if interruptible and heartbeat.lost.is_set():
                 raise JobInterrupted("the job was marked failed while it ran")
-            progress = progress_from_epoch(record, epochs)
+            latest.update(update)
             with self.sessions() as session, session.begin():
                 if not jobs_repo.record_progress(
-                    session, job_id, self.worker_id, progress, utcnow()
+                    session, job_id, self.worker_id, dict(latest), utcnow()
                 ):
                     raise JobInterrupted("the job was marked failed while it ran")
 
-        return on_epoch
+        def on_epoch(record: dict[str, Any]) -> None:
+            write(progress_from_epoch(record, epochs))
+
+        def on_phase(report: dict[str, Any]) -> None:
+            if report["finished"] or report["done"] == 0:
+                log.info("job %d: %s", job_id, progress.describe(report), extra={"job_id": job_id})
+            # Registering commits on its own: a stop asked meanwhile no longer interrupts it.
+            write(progress_from_phase(report), interruptible=report["phase"] != "registering")
+
+        return on_epoch, on_phase
 
     def _register(self, result: Any) -> Outcome:
         """Register the checkpoint; activate it when the gate allows, else say why not."""

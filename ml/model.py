@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ml import metrics
+from ml.progress import phase
 
 logger = logging.getLogger(__name__)
 
@@ -471,17 +472,19 @@ def train_item_codes(train: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
     b = nn.Parameter(torch.zeros(n_users))
     opt = torch.optim.Adam([v, c, w, b], lr=config.item_code_lr)
     bs = config.item_code_batch
-    for _ in range(config.item_code_epochs):
-        order = torch.randperm(n_items).numpy()
-        for start in range(0, n_items, bs):
-            rows = order[start : start + bs]
-            x, m = densify(items, rows)  # (B, U)
-            out = torch.sigmoid(x @ v + c) @ w + b  # (B, U)
-            l2 = (v.square().sum() + w.square().sum()) * (rows.size / n_items)
-            loss = ((out - x) * m).square().sum() + 0.5 * config.item_code_l2 * l2
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with phase("item codes", total=config.item_code_epochs) as passes:
+        for done in range(1, config.item_code_epochs + 1):
+            order = torch.randperm(n_items).numpy()
+            for start in range(0, n_items, bs):
+                rows = order[start : start + bs]
+                x, m = densify(items, rows)  # (B, U)
+                out = torch.sigmoid(x @ v + c) @ w + b  # (B, U)
+                l2 = (v.square().sum() + w.square().sum()) * (rows.size / n_items)
+                loss = ((out - x) * m).square().sum() + 0.5 * config.item_code_l2 * l2
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            passes.step(done)
     codes = np.empty((n_items, d), dtype=np.float32)
     with torch.no_grad():
         for start in range(0, n_items, 1024):
@@ -772,8 +775,10 @@ class Autoencoder(nn.Module):
             model.item_bias.copy_(torch.from_numpy(item_bias))
             model.rating_min.fill_(float(train.data.min()))
             model.rating_max.fill_(float(train.data.max()))
-        model.tune_closed_form_paths(train)
-        model.fit_closed_form_paths(train)
+        if model.wide is not None or model.wide_rating is not None:
+            with phase("tuning"):
+                model.tune_closed_form_paths(train)
+                model.fit_closed_form_paths(train)
         model.fit_item_codes(train)
         return model
 

@@ -67,6 +67,7 @@ def train(
     ),
 ) -> None:
     """Train on the store, write and register a checkpoint, print validation metrics."""
+    from ml import progress
     from ml.data import DataError
     from ml.fit.pipeline import train_from_store
 
@@ -86,12 +87,17 @@ def train(
             settings.database_url,
             settings.model_dir,
             config,
+            on_progress=progress.printer(),
             active=None if no_activate else active_path,
         )
     except (ValueError, DataError, RuntimeError) as exc:
         fail(str(exc))
     assert result is not None  # one process: this is rank 0
-    with session_scope(settings.database_url) as session:
+    with (
+        progress.reporting(progress.printer()),
+        progress.phase("registering"),
+        session_scope(settings.database_url) as session,
+    ):
         version, gate = registry.register_and_gate(
             session,
             path=str(result.path),

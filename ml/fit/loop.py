@@ -31,6 +31,7 @@ from ml import metrics
 from ml.data import densify, pack_rows
 from ml.fit.config import TrainConfig
 from ml.model import Autoencoder, ranks_as_scores
+from ml.progress import phase
 
 EpochCallback = Callable[[dict[str, Any]], None]
 TOP_K = 10
@@ -398,36 +399,55 @@ def run_epochs(
     one record per epoch (JSON line on the main rank, ``on_epoch``), validation, early stopping
     on the monitored metric, and the best epoch's weights restored at the end."""
     key, higher = monitor_key(model, config)
-    users = int((np.diff(train.indptr) > 0).sum())
     best_value, best_epoch, best_state = -math.inf if higher else math.inf, 0, None
     history: list[dict[str, Any]] = []
     step = 0
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        record: dict[str, Any] = {"epoch": epoch}
-        parts, step, lr = run_epoch(epoch, step)
-        record.update(parts)
-        record["lr"] = lr
-        record["seconds"] = time.perf_counter() - started
-        record["users_per_s"] = users / record["seconds"]
-        if val is not None and val.nnz:
-            record.update(
-                {f"val_{k}": v for k, v in validate(model, train, val, device, config, d).items()}
-            )
-            value = record[f"val_{key}"]
-            better = value > best_value if higher else value < best_value
-            if better or best_state is None:
-                best_value, best_epoch = value, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            record["best_epoch"] = best_epoch
-        history.append(record)
-        if d.main:
-            _log_epoch(record, config)
-        if on_epoch is not None:
-            on_epoch(record)
-        if best_state is not None and config.patience and epoch - best_epoch >= config.patience:
-            break
+    with phase("epochs", total=config.epochs) as epochs:
+        for epoch in range(1, config.epochs + 1):
+            record, step = _one_epoch(model, train, val, config, d, device, run_epoch, epoch, step)
+            if val is not None and val.nnz:
+                value = record[f"val_{key}"]
+                better = value > best_value if higher else value < best_value
+                if better or best_state is None:
+                    best_value, best_epoch = value, epoch
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                record["best_epoch"] = best_epoch
+            history.append(record)
+            if d.main:
+                _log_epoch(record, config)
+            if on_epoch is not None:
+                on_epoch(record)
+            epochs.step(epoch, loss=record.get("train_loss"), best_epoch=record.get("best_epoch"))
+            if best_state is not None and config.patience and epoch - best_epoch >= config.patience:
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _one_epoch(
+    model: Autoencoder,
+    train: sp.csr_matrix,
+    val: sp.csr_matrix | None,
+    config: TrainConfig,
+    d: Dist,
+    device: torch.device,
+    run_epoch: EpochRunner,
+    epoch: int,
+    step: int,
+) -> tuple[dict[str, Any], int]:
+    """One epoch's record (loss parts, learning rate, time, validation figures) and the step
+    count after it."""
+    users = int((np.diff(train.indptr) > 0).sum())
+    started = time.perf_counter()
+    model.train()
+    record: dict[str, Any] = {"epoch": epoch}
+    parts, step, lr = run_epoch(epoch, step)
+    record.update(parts)
+    record["lr"] = lr
+    record["seconds"] = time.perf_counter() - started
+    record["users_per_s"] = users / record["seconds"]
+    if val is not None and val.nnz:
+        figures = validate(model, train, val, device, config, d)
+        record.update({f"val_{k}": v for k, v in figures.items()})
+    return record, step

@@ -27,6 +27,7 @@ from ml.fit.finish import finish, gate_figures
 from ml.fit.loop import EpochCallback, _fit, current_dist
 from ml.inference import resolve_device
 from ml.model import Autoencoder
+from ml.progress import ProgressCallback, phase, printer, reporting
 
 
 def fit(
@@ -133,17 +134,34 @@ def train_from_store(
     config: TrainConfig,
     *,
     on_epoch: EpochCallback | None = None,
+    on_progress: ProgressCallback | None = None,
     data: RatingsData | None = None,
     active: Path | None = None,
 ) -> TrainResult | None:
-    """Load the store, hold out a validation slice, fit, write the checkpoint and its curve.
+    """Load the store, hold out a validation slice, fit, finish, write the checkpoint and its
+    curve.
 
     Returns the written checkpoint; ``None`` on DDP ranks other than 0, which write nothing.
     ``data`` skips the load when the caller already has it. ``active``: the checkpoint now
     served, scored beside the new model on the same held-out slice for the activation gate
-    (``metrics["gate"]``, see :func:`gate_figures`).
+    (``metrics["gate"]``, see :func:`gate_figures`). ``on_progress`` receives the reports of
+    every phase (``ml.progress``; on the main rank only).
     """
-    data = data if data is not None else load_ratings(database_url)
+    with reporting(on_progress if current_dist().main else None):
+        return _train_from_store(database_url, out_dir, config, on_epoch, data, active)
+
+
+def _train_from_store(
+    database_url: str,
+    out_dir: Path,
+    config: TrainConfig,
+    on_epoch: EpochCallback | None,
+    data: RatingsData | None,
+    active: Path | None,
+) -> TrainResult | None:
+    if data is None:
+        with phase("loading"):
+            data = load_ratings(database_url)
     if data.matrix.nnz == 0:
         raise DataError("the store has no ratings: import some before training")
     train, val = validation_split(data.matrix, config.val_frac, config.seed)
@@ -151,20 +169,22 @@ def train_from_store(
     if not current_dist().main:
         return None
     metrics = best_metrics(history)
-    metrics |= finish(model, train, val, data.matrix, config)
-    if active is not None and val.nnz:
-        metrics["gate"] = gate_figures(model, train, val, data.movie_ids, active, config)
-    manifest = build_manifest(data, model, config, metrics)
-    history_lines = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
-    path, sha = checkpoint.save(
-        out_dir,
-        model,
-        manifest,
-        extra_files={
-            "learning_curve.png": learning_curve_png(history),
-            "history.jsonl": history_lines.encode(),
-        },
-    )
+    with phase("finishing"):
+        metrics |= finish(model, train, val, data.matrix, config)
+        if active is not None and val.nnz:
+            metrics["gate"] = gate_figures(model, train, val, data.movie_ids, active, config)
+    with phase("writing"):
+        manifest = build_manifest(data, model, config, metrics)
+        history_lines = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
+        path, sha = checkpoint.save(
+            out_dir,
+            model,
+            manifest,
+            extra_files={
+                "learning_curve.png": learning_curve_png(history),
+                "history.jsonl": history_lines.encode(),
+            },
+        )
     return TrainResult(path, sha, checkpoint.read_manifest(path), metrics)
 
 
@@ -229,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _init_distributed(config)
     try:
-        result = train_from_store(args.database_url, args.out, config)
+        report = printer() if config.progress else None
+        result = train_from_store(args.database_url, args.out, config, on_progress=report)
         if dist.is_initialized():
             # The other ranks wait for rank 0's finishing steps and checkpoint: a rank that
             # left the group while rank 0 was still working could abort ("terminate called").

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import timedelta
@@ -87,14 +88,24 @@ def test_heartbeat_thread_beats_and_notices_a_lost_job(env, tmp_path: Path) -> N
         assert heartbeat.lost.is_set()
 
 
-def test_run_trains_registers_activates_and_records_progress(seeded, tmp_path: Path) -> None:
+def test_run_trains_registers_activates_and_records_progress(
+    seeded, tmp_path: Path, capfd, caplog
+) -> None:
     job_id = add_job(seeded, params={"epochs": 1})
     settings = app_settings(seeded.url, tmp_path, heartbeat_seconds=0.1)
-    assert Worker(settings, worker_id="w").run(once=True) == 1
+    with caplog.at_level(logging.INFO, logger="movierec.worker"):
+        assert Worker(settings, worker_id="w").run(once=True) == 1
     done = job(seeded, job_id)
     assert done.status == "succeeded", done.error
     assert done.progress["epoch"] == 1 and done.progress["epochs"] == 1
     assert "ndcg@10" in done.progress["val"]
+    # The last phase, finished, with its elapsed time: what the admin page shows.
+    assert done.progress["phase"] == "registering" and done.progress["finished"] is True
+    assert done.progress["elapsed_s"] >= 0
+    logged = [r.getMessage() for r in caplog.records]
+    for phase in ("loading", "tuning", "item codes", "epochs", "finishing", "writing"):
+        assert f"job {job_id}: {phase} done in" in " | ".join(logged), logged
+    assert "\r" not in capfd.readouterr().err, "no progress-bar frames in the worker's output"
     assert done.finished_at is not None and "activated" in (done.message or "")
     with Session(seeded.engine) as session:
         version = session.get(ModelVersion, done.model_version_id)

@@ -34,7 +34,9 @@ class JobOut(BaseModel):
     status: str = Field(description="queued, running, succeeded, failed or cancelled.")
     params: dict[str, Any] = Field(description="Training overrides asked for.")
     progress: dict[str, Any] = Field(
-        description="Latest progress: epoch, epochs, loss and validation metrics."
+        description="Latest progress: the phase (loading, tuning, item codes, epochs, finishing, "
+        "writing, registering) with done, total (null when unknown), elapsed_s and finished; "
+        "epoch, epochs, loss and validation metrics."
     )
     error: str | None = Field(description="Why the job failed, when it did.")
     message: str | None = Field(description="Outcome, e.g. why the new model was not activated.")
