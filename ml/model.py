@@ -10,12 +10,11 @@ first hidden layer, and two linear heads read that:
   movies the user has not rated never contribute), as residuals on
   ``global mean + movie bias + user offset`` when ``config.baseline`` is on;
 * the **ranking head** scores every movie, rated or not, trained with the multinomial
-  log-likelihood of the binarised row (Mult-DAE) or a weighted reconstruction of the binary row.
+  log-likelihood of the binarised row (Mult-DAE).
   A *wide* linear path — an item × item matrix with a zero diagonal applied to the binary row,
-  the closed-form EASE solution of the training matrix — sits beside the deep stack: by default
-  (``wide_mode="ensemble"``) the deep head learns on its own and the served score is
-  ``EASE score + wide_mix · log-softmax(deep logits)``; with ``wide_mode="sum"`` the two logits
-  are added and trained together.
+  the closed-form EASE solution of the training matrix — sits beside the deep stack: the deep
+  head learns on its own and the served score is
+  ``EASE score + wide_mix · log-softmax(deep logits)``.
 * A second wide path feeds the rating head: an item × item ridge regression (zero diagonal) of a
   user's residual ratings on the other residuals, solved in closed form from the training matrix,
   with a learned gain.
@@ -63,7 +62,19 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "identity": nn.Identity,
 }
-RANKING_LOSSES = ("multinomial", "weighted_mse", "none")
+RANKING_LOSSES = ("multinomial", "none")
+# Modes of earlier versions, removed because no default used them and no measurement favoured
+# them (docs/model.md): a checkpoint written with one of them on is refused with a message to
+# retrain; one written with its old default loads as before, the key dropped. None: any value
+# (the knob only acted inside a removed mode).
+RETIRED: dict[str, Any] = {
+    "tied": False,
+    "refeed": False,
+    "wide_trainable": False,
+    "wide_mode": "ensemble",
+    "wide_gain": None,
+    "negative_weight": None,
+}
 FOLD_IN_GROUP = 32  # users per batched solve of the item-code fold-in (sorted by #ratings)
 TOP_K_CHUNK = 256  # columns per chunk of ``top_k_columns``' first pass
 
@@ -77,7 +88,6 @@ class ModelConfig:
     activation: str = "tanh"  # one of ACTIVATIONS, applied after every hidden layer
     dropout: float = 0.5  # dropout on the code (the innermost layer), train mode only
     input_dropout: float = 0.5  # denoising: fraction of a user's ratings hidden from the input
-    tied: bool = False  # decoder layers reuse the transposed encoder weights
     baseline: bool = True  # rating head predicts residuals on global mean + movie + user biases
     item_bias_reg: float = 5.0  # shrinkage of movie biases toward 0 (pseudo-ratings)
     user_bias_reg: float = 3.0  # shrinkage of the user offset computed from the input row
@@ -88,11 +98,7 @@ class ModelConfig:
     wide_lambda: float = 500.0  # L2 of the closed-form EASE solution (the tuned one, if tuned)
     wide_lambdas: tuple[float, ...] = (50.0, 100.0, 200.0, 350.0, 500.0, 750.0, 1000.0, 2000.0)
     # ^ candidates for wide_lambda, chosen by from_data on a validation slice; () = no tuning
-    wide_trainable: bool = False  # fine-tune the wide path (else it stays the EASE solution)
-    wide_mode: str = "ensemble"  # "sum": wide + deep logits trained together; "ensemble": the
-    # deep ranking head is trained alone (Mult-DAE) and served as wide + wide_mix · log-softmax
-    wide_gain: float = 10.0  # "sum": initial value of the learned scale of the wide logits
-    wide_mix: float = 0.05  # "ensemble": weight of the deep log-probabilities beside EASE
+    wide_mix: float = 0.05  # weight of the deep head's log-probabilities beside EASE
     wide_mixes: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05)  # candidates for wide_mix that
     # choose_wide_mix tries on held-out ratings the deep head never saw
     wide_max_items: int = 8000  # no wide paths above this catalogue size (I × I weights)
@@ -103,11 +109,9 @@ class ModelConfig:
     wide_rating_gain: float = 4.0  # initial learned scale of that path (the ridge fit shrinks)
     tune_frac: float = 0.2  # share of the training ratings held out to tune the two λ
     tune_seed: int = 0  # seed of that validation slice
-    ranking_loss: str = "multinomial"  # "multinomial", "weighted_mse" or "none"
-    negative_weight: float = 0.1  # weighted_mse: weight of an unrated movie vs a rated one
+    ranking_loss: str = "multinomial"  # "multinomial" (Mult-DAE) or "none" (no ranking head)
     rating_weight: float = 10.0  # weight of the masked rating MSE in the objective
     ranking_weight: float = 1.0  # weight of the ranking objective
-    refeed: bool = False  # DeepRecommender dense re-feeding: a second pass on the predictions
     # Item-code rating path: an item-row autoencoder (one sigmoid layer over a movie's column of
     # ratings, linear decoder, masked MSE, L2) is trained by from_data; its codes h_i (I × d)
     # are frozen and a user's vector is folded in at inference time by ridge regression of the
@@ -169,8 +173,6 @@ class ModelConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if not (self.rating_input or self.binary_input):
             raise ValueError("at least one of rating_input and binary_input must be on")
-        if self.wide_mode not in ("sum", "ensemble"):
-            raise ValueError(f"wide_mode must be 'sum' or 'ensemble', got {self.wide_mode!r}")
         if self.rating_weight < 0 or self.ranking_weight < 0:
             raise ValueError("loss weights must be non-negative")
         if self.item_codes < 0 or self.item_code_epochs < 0 or self.item_code_batch < 1:
@@ -211,7 +213,25 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Inverse of ``to_dict``; unknown keys are an error, missing keys take defaults."""
+        """Inverse of ``to_dict``; unknown keys are an error, missing keys take defaults.
+
+        Keys of removed modes (``RETIRED``) are dropped when they hold the value every earlier
+        default had; a configuration that used a removed mode is refused with a message to
+        retrain (also for a ranking loss that no longer exists)."""
+        values = dict(values)
+        for key, default in RETIRED.items():
+            if key in values:
+                value = values.pop(key)
+                if default is not None and value != default:
+                    raise ValueError(
+                        f"{key}={value!r} is a mode this version no longer has (docs/model.md): "
+                        "retrain the model with this version (movierec train)"
+                    )
+        if values.get("ranking_loss", "multinomial") not in RANKING_LOSSES:
+            raise ValueError(
+                f"ranking_loss={values['ranking_loss']!r} is a mode this version no longer has "
+                "(docs/model.md): retrain the model with this version (movierec train)"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -694,35 +714,19 @@ class Autoencoder(nn.Module):
         self.input_bias = nn.Parameter(torch.zeros(first))
         pairs = list(itertools.pairwise(sizes))
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairs)
-        # Decoder mirrors the encoder; tied: only biases of its own, weights are the encoder's.
-        self.decoder = nn.ModuleList(nn.Linear(b, a) for a, b in reversed(pairs) if not config.tied)
-        self.decoder_bias = nn.ParameterList(
-            nn.Parameter(torch.zeros(a)) for a, _ in reversed(pairs) if config.tied
-        )
+        self.decoder = nn.ModuleList(nn.Linear(b, a) for a, b in reversed(pairs))  # the mirror
         self.rating_head = nn.Linear(first, n_items)
         self.ranking_head = nn.Linear(first, n_items) if config.ranking_loss != "none" else None
-        if self.ranking_head is not None and self._has_wide() and config.wide_mode == "sum":
-            # The deep ranking path starts silent: training begins at the EASE ranking and the
-            # deep stack only adds what the validation data rewards.
-            nn.init.zeros_(self.ranking_head.weight)
-            nn.init.zeros_(self.ranking_head.bias)
-        self.wide = (
-            nn.Parameter(torch.zeros(n_items, n_items), requires_grad=config.wide_trainable)
+        self.wide = (  # EASE's closed-form solution, frozen
+            nn.Parameter(torch.zeros(n_items, n_items), requires_grad=False)
             if self._has_wide()
-            else None
-        )
-        # Learned gain of the wide path: the multinomial objective wants sharper logits than the
-        # least-squares EASE solution gives.
-        self.wide_gain = (
-            nn.Parameter(torch.tensor(float(config.wide_gain)))
-            if self._has_wide() and config.wide_mode == "sum"
             else None
         )
         has_wide_rating = (
             config.wide_rating and config.baseline and n_items <= config.wide_max_items
         )
         self.wide_rating = (
-            nn.Parameter(torch.zeros(n_items, n_items), requires_grad=config.wide_trainable)
+            nn.Parameter(torch.zeros(n_items, n_items), requires_grad=False)
             if has_wide_rating
             else None
         )
@@ -916,7 +920,7 @@ class Autoencoder(nn.Module):
         not let noise in. Returns {mix: NDCG@10}; a model without the "ensemble" EASE path,
         candidates or relevant held-out ratings keeps its mix."""
         cfg = self.config
-        if self.wide is None or cfg.wide_mode != "ensemble" or not cfg.wide_mixes:
+        if self.wide is None or not cfg.wide_mixes:
             return {}
         relevant = metrics.relevance(sp.csr_matrix(held_out))  # (U, I)
         users = np.flatnonzero(relevant.any(axis=1))
@@ -1386,28 +1390,19 @@ class Autoencoder(nn.Module):
             h = self.act(layer(h))
         if self.training:  # (dropout is the identity in eval mode)
             h = self.code_dropout(h)  # (B, code)
-        if self.config.tied:
-            for enc, bias in zip(reversed(self.encoder), self.decoder_bias, strict=True):
-                assert isinstance(enc, nn.Linear)
-                h = self.act(F.linear(h, enc.weight.t(), bias))
-        else:
-            for layer in self.decoder:
-                h = self.act(layer(h))  # back to (B, h0)
+        for layer in self.decoder:
+            h = self.act(layer(h))  # back to (B, h0)
         return h
 
     def _scores(self, h: Tensor, wide: Tensor | None, training_logits: bool) -> Tensor:
         """Ranking scores (B, I) from the decoded layer and the EASE scores (if any)."""
         assert self.ranking_head is not None
         cfg = self.config
-        ensemble = cfg.wide_mode == "ensemble" and not training_logits
-        if wide is not None and ensemble and cfg.wide_mix == 0:
+        if wide is not None and not training_logits and cfg.wide_mix == 0:
             return wide  # EASE alone: 0 · the deep head's (finite) log-probabilities adds 0
         scores = self.ranking_head(h)  # (B, I)
         if wide is None:
             return scores
-        if cfg.wide_mode == "sum":
-            assert self.wide_gain is not None
-            return scores + self.wide_gain * wide
         if training_logits:
             return scores  # the deep head learns on its own
         return wide + cfg.wide_mix * F.log_softmax(scores, dim=1)
@@ -1431,23 +1426,14 @@ class Autoencoder(nn.Module):
             ranking_loss = self._ranking_loss(scores, m)
             total = total + self.config.ranking_weight * ranking_loss
             parts["ranking"] = float(ranking_loss.detach())
-        if self.config.refeed and self.training:
-            refeed_loss = self._refeed_loss(pred.detach())
-            total = total + self.config.rating_weight * refeed_loss
-            parts["refeed_mse"] = float(refeed_loss.detach())
         parts["loss"] = float(total.detach())
         return total, parts
 
     def sparse_training(self) -> bool:
         """Whether ``loss_sparse`` computes this model's objective: true unless a path that
         reads whole (B, I) rows in training is on (the EASE or residual-ridge wide paths, an
-        active item-code path, dense re-feeding)."""
-        return (
-            self.wide is None
-            and self.wide_rating is None
-            and not self._codes_active()
-            and not self.config.refeed
-        )
+        active item-code path)."""
+        return self.wide is None and self.wide_rating is None and not self._codes_active()
 
     def loss_sparse(
         self, indices: Tensor, values: Tensor, offsets: Tensor
@@ -1521,18 +1507,8 @@ class Autoencoder(nn.Module):
     def _ranking_loss(self, scores: Tensor, m: Tensor) -> Tensor:
         """Objective over all movies of the binarised row ``m`` (B, I)."""
         n = m.sum(1).clamp_min(1.0)  # (B,)
-        if self.config.ranking_loss == "multinomial":
-            # Mult-DAE log-likelihood, per user averaged over the rated movies.
-            return -((F.log_softmax(scores, dim=1) * m).sum(1) / n).mean()
-        weight = m + self.config.negative_weight * (1.0 - m)  # (B, I)
-        return ((scores - m) ** 2 * weight).sum(1).div(n).mean()
-
-    def _refeed_loss(self, dense: Tensor) -> Tensor:
-        """DeepRecommender's dense re-feeding: the (detached) prediction is a fully observed row,
-        so the model should reproduce it from itself."""
-        full = torch.ones_like(dense, dtype=torch.bool)
-        pred, _ = self._heads(dense, full)
-        return ((pred - dense) ** 2).mean()
+        # Mult-DAE log-likelihood, per user averaged over the rated movies.
+        return -((F.log_softmax(scores, dim=1) * m).sum(1) / n).mean()
 
     # -------------------------------------------------------------------- representations
     def item_embeddings(self) -> Tensor:

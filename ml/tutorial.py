@@ -61,8 +61,6 @@ def supports_model(config: ModelConfig) -> bool:
         and not config.binary_input
         and not config.baseline
         and not config.normalise
-        and not config.tied
-        and not config.refeed
         and not config.wide
         and not config.wide_rating
         and config.ranking_loss == "none"
