@@ -9,7 +9,10 @@ over the films of every series. Every method sees all of MovieLens-100K:
 - ``served``: ``Recommender.similar`` — what ``GET /v1/movies/{id}/similar`` answers — of a
   checkpoint trained by ``ml.fit.pipeline.train_from_store`` with the default preset (5 % slice held
   out for early stopping and finishing, as ``movierec train`` does). ``--skip-served`` leaves it
-  out (it trains the model: about a minute on 2 cores).
+  out (it trains the model: about a minute on 2 cores);
+- ``served, large-catalogue configuration`` (``--served-large N``): the same with the
+  configuration of catalogues above ``wide_max_items`` forced (``wide_max_items`` N, below the
+  catalogue's size: no EASE, so similar films are the stored nearest movies by cosine).
 
 ``python bench/similar_films.py --ratings-csv R.csv [--movies-csv M.csv]`` or
 ``python bench/similar_films.py --recbole-dir DIR`` (the ``ml-100k`` folder that
@@ -118,13 +121,15 @@ def ease_columns(matrix: sp.csr_matrix, lam: float) -> Neighbours:
     return lambda col: top_of(weights[:, col], col)
 
 
-def served(data: RatingsData) -> tuple[Neighbours, dict]:
-    """``Recommender.similar`` of a checkpoint written as ``movierec train`` writes it."""
+def served(data: RatingsData, model: dict | None = None) -> tuple[Neighbours, dict]:
+    """``Recommender.similar`` of a checkpoint written as ``movierec train`` writes it
+    (``model``: ModelConfig overrides)."""
     from ml.fit.config import preset, with_overrides
     from ml.fit.pipeline import train_from_store
     from ml.inference import Recommender
 
-    config = with_overrides(preset("default"), {"device": "cpu", "progress": False})
+    overrides = {"device": "cpu", "progress": False, "model": model or {}}
+    config = with_overrides(preset("default"), overrides)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         result = train_from_store("", Path(tmp), config, data=data)
@@ -167,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--movies-csv", type=Path)
     parser.add_argument("--lam", type=float, default=500.0, help="EASE's λ")
     parser.add_argument("--skip-served", action="store_true")
+    parser.add_argument("--served-large", type=int, metavar="N", help="wide_max_items forced")
     parser.add_argument(
         "--series", type=json.loads, help='JSON {"name": [movie ids]} in place of SERIES'
     )
@@ -187,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if not args.skip_served:
         methods["served (Recommender.similar)"] = served(data)
+    if args.served_large is not None:
+        large = served(data, {"wide_max_items": args.served_large})
+        methods["served, large-catalogue configuration"] = large
     series = {k: tuple(v) for k, v in args.series.items()} if args.series else SERIES
     godfather = np.flatnonzero(data.movie_ids == GODFATHER)
     for name, (neighbours, facts) in methods.items():

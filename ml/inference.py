@@ -127,8 +127,8 @@ class Recommender:
             np.asarray(manifest.get("popularity", np.zeros(len(self.movie_ids))), dtype=np.int64)
         )
         self._popular_order = _readonly(np.argsort(-self._popularity, kind="stable"))
-        self._unit_items: torch.Tensor | None = None  # (I, d) for a model without EASE
-        if model.wide is None:
+        self._unit_items: torch.Tensor | None = None  # (I, d): a model without item–item part
+        if model.wide is None and model.similar_cols is None:
             emb = model.item_embeddings().detach().float()  # (I, d)
             self._unit_items = torch.nn.functional.normalize(emb, dim=1).contiguous().to(device)
         self.global_mean, self._item_bias = self._bias_terms(model, manifest)
@@ -543,9 +543,9 @@ class Recommender:
 
     # ------------------------------------------------------------------ catalogue
     def similar(self, movie_id: int, n: int = 10) -> list[Scored]:
-        """The ``n`` movies most similar to ``movie_id`` by the model's item–item weights
-        (``Autoencoder.similar_to``; the score is that weight), or, for a model without them,
-        by cosine of the learned item embeddings.
+        """The ``n`` movies most similar to ``movie_id`` by the model's item–item part
+        (``Autoencoder.similar``: EASE's weights, or the stored nearest movies by cosine), or,
+        for a checkpoint without one, by cosine of the learned item embeddings.
 
         The movie itself is never returned; an unknown id raises ``KeyError``.
         """
@@ -553,17 +553,17 @@ class Recommender:
         if col < 0:
             raise KeyError(f"movie {movie_id} is not known to model {self.version_name}")
         with torch.inference_mode():
-            if self._unit_items is None:
-                sims = self.model.similar_to(col).clone()  # (I,)
-            else:
+            found = self.model.similar(col, n) if self._unit_items is None else None
+            if found is None:
+                assert self._unit_items is not None
                 sims = self._unit_items @ self._unit_items[col]  # (I,)
-            sims[col] = -math.inf
-            k = min(n, self.n_items - 1)
-            top_s, top_c = torch.topk(sims, k)
-        cols = top_c.cpu().numpy()
+                sims[col] = -math.inf
+                top = torch.topk(sims, min(n, self.n_items - 1))
+                found = top.indices, top.values
+        cols, scores = (t.cpu().numpy() for t in found)
         return [
             Scored(int(self.movie_ids[c]), float(s), math.nan)
-            for c, s in zip(cols, top_s.cpu().numpy(), strict=True)
+            for c, s in zip(cols, scores, strict=True)
         ]
 
     def popular(

@@ -62,6 +62,7 @@ def finish(
         model.tune_closed_form_paths(full, seed=config.seed, rating_path=False)
         model.fit_closed_form_paths(full, rating_path=False)
         facts["wide_lambda"] = model.config.wide_lambda
+    model.fit_similar(full)  # a model without EASE: its similar films from every rating too
     return facts
 
 

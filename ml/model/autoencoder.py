@@ -53,6 +53,7 @@ from ml.model.config import ACTIVATIONS, ModelConfig
 from ml.model.item_codes import fold_in_codes, fold_in_duals, train_item_codes
 from ml.model.linear import (
     _dense_rows,
+    cosine_neighbours,
     ease_weights,
     ridge_item_weights,
     tune_ease_lambda,
@@ -150,6 +151,15 @@ class Autoencoder(nn.Module):
         self.item_code_gain = (
             nn.Parameter(torch.zeros(()), requires_grad=False) if has_codes else None
         )
+        # Similar films without EASE: each movie's nearest by cosine (cosine_neighbours).
+        self.similar_cols: Tensor | None
+        self.similar_weights: Tensor | None
+        if not self._has_wide() and config.similar_k > 0:
+            k = min(config.similar_k, max(n_items - 1, 0))
+            self.register_buffer("similar_cols", torch.full((n_items, k), -1, dtype=torch.long))
+            self.register_buffer("similar_weights", torch.zeros(n_items, k))
+        else:
+            self.similar_cols = self.similar_weights = None
 
     def _has_wide(self) -> bool:
         cfg = self.config
@@ -191,7 +201,19 @@ class Autoencoder(nn.Module):
                 model.tune_closed_form_paths(train)
                 model.fit_closed_form_paths(train)
         model.fit_item_codes(train)
+        model.fit_similar(train)
         return model
+
+    @torch.no_grad()
+    def fit_similar(self, train: sp.csr_matrix) -> None:
+        """Store each movie's nearest movies by cosine over ``train`` (``cosine_neighbours``),
+        the similar films of a model without EASE; nothing for a model with EASE."""
+        if self.similar_cols is None or self.similar_weights is None:
+            return
+        with phase("similar films"):
+            cols, sims = cosine_neighbours(train, self.similar_cols.shape[1])
+        self.similar_cols.copy_(torch.from_numpy(cols))
+        self.similar_weights.copy_(torch.from_numpy(sims))
 
     @torch.no_grad()
     def fit_item_codes(self, train: sp.csr_matrix) -> None:
@@ -459,6 +481,8 @@ class Autoencoder(nn.Module):
             config = dict(arch["config"])
             # Checkpoints written before the item-code path existed have no such path.
             config.setdefault("item_codes", 0)
+            # Nor did those written before the stored neighbours of similar films.
+            config.setdefault("similar_k", 0)
             return cls(int(arch["n_items"]), ModelConfig.from_dict(config))
         except KeyError as exc:
             raise ValueError(f"architecture lacks {exc.args[0]!r}") from exc
@@ -921,17 +945,26 @@ class Autoencoder(nn.Module):
     def item_embeddings(self) -> Tensor:
         """(I, h0) learned movie representations: the rows of the ranking head (the rating
         head when there is no ranking head). "Similar movies" use their cosine only for a
-        model without the item–item part (see ``similar_to``)."""
+        checkpoint without an item–item part (see ``similar``)."""
         head = self.ranking_head if self.ranking_head is not None else self.rating_head
         return head.weight.detach()
 
-    def similar_to(self, col: int) -> Tensor:
-        """(I,) how similar every movie is to movie ``col`` by the item–item part (its own
-        entry included; callers drop it): the column of EASE's weights, B[:, col] — how much
-        having rated each movie raises the score of ``col``. Measured on MovieLens-100K series
-        (``bench/similar_films.py``), it finds a film's sequels far better than the cosine of
-        the ranking head's rows, which only a model without EASE (the tutorial preset,
-        catalogues above ``wide_max_items``) still uses."""
-        if self.wide is None:
-            raise ValueError("this model has no item–item part")
-        return self.wide.detach()[:, col].float()  # (I,)
+    def similar(self, col: int, n: int) -> tuple[Tensor, Tensor] | None:
+        """The (at most) ``n`` movies most similar to movie ``col`` by the item–item part, best
+        first, never ``col`` itself: (columns, scores). With EASE, the largest entries of its
+        column of weights, B[:, col] — how much having rated each movie raises the score of
+        ``col``; without it (catalogues above ``wide_max_items``, the tutorial model), the
+        stored nearest movies by cosine over the rating matrix (``cosine_neighbours``). Measured
+        on MovieLens-100K series (``bench/similar_films.py``), both find a film's sequels far
+        better than the cosine of the ranking head's rows. None for a model with neither (a
+        checkpoint written before the neighbours were stored)."""
+        if self.wide is not None:
+            sims = self.wide.detach()[:, col].float().clone()  # (I,)
+            sims[col] = -torch.inf
+            top = torch.topk(sims, min(n, self.n_items - 1))
+            return top.indices, top.values
+        if self.similar_cols is not None and self.similar_weights is not None:
+            cols = self.similar_cols[col]  # (k,)
+            found = cols >= 0
+            return cols[found][:n], self.similar_weights[col][found][:n].float()
+        return None

@@ -72,6 +72,10 @@ class ModelConfig:
     # are frozen and a user's vector is folded in at inference time by ridge regression of the
     # user's residuals on the codes of the movies they rated. Its weight beside the other
     # rating paths is fitted by calibrate_rating_paths (0, the path unused, until then).
+    # Similar films where EASE is off (catalogues above wide_max_items, the tutorial model):
+    # each movie's `similar_k` nearest by cosine over the binary rating matrix, computed in
+    # column chunks by from_data (no I × I matrix); 0 = none (checkpoints written before).
+    similar_k: int = 50
     item_codes: int = 500  # code size d; 0 = no item-code path (also off above wide_max_items)
     item_code_lambda: float = 100.0  # L2 of the per-user ridge fold-in
     item_code_l2: float = 200.0  # L2 of the item autoencoder (AutoRec's scale: λ/2 · ‖W‖²)
@@ -130,6 +134,8 @@ class ModelConfig:
             raise ValueError("at least one of rating_input and binary_input must be on")
         if self.rating_weight < 0 or self.ranking_weight < 0:
             raise ValueError("loss weights must be non-negative")
+        if self.similar_k < 0:
+            raise ValueError(f"similar_k must be >= 0, got {self.similar_k}")
         if self.item_codes < 0 or self.item_code_epochs < 0 or self.item_code_batch < 1:
             raise ValueError("item_codes and item_code_epochs must be >= 0, item_code_batch >= 1")
         if self.item_code_lambda <= 0 or self.item_code_l2 < 0 or self.item_code_lr <= 0:

@@ -138,3 +138,34 @@ def tune_ridge_lambda(
         results[float(lam)] = (float(np.sqrt(np.mean((pred - val.data) ** 2))), gain)
     best = min(results, key=lambda k: results[k][0])
     return best, results[best][1], {k: v[0] for k, v in results.items()}
+
+
+def cosine_neighbours(
+    train: sp.csr_matrix, k: int, chunk: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each movie's ``k`` nearest movies by cosine of their columns of the binary matrix
+    (item-kNN), best first: ((I, k) int64 columns, (I, k) float32 cosines), padded with -1 and 0
+    where a movie has fewer co-rated movies. Computed ``chunk`` columns at a time, so memory is
+    (I × chunk), never (I × I). A movie is never its own neighbour."""
+    x = (sp.csc_matrix(train) != 0).astype(np.float32)  # (U, I)
+    n_items = x.shape[1]
+    k = min(k, max(n_items - 1, 0))
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())  # (I,) binary: ‖x_i‖² = count
+    norms[norms == 0] = 1.0
+    xt = sp.csr_matrix(x.T)  # (I, U)
+    cols = np.full((n_items, k), -1, dtype=np.int64)
+    sims = np.zeros((n_items, k), dtype=np.float32)
+    for start in range(0, n_items, chunk):
+        stop = min(start + chunk, n_items)
+        block = np.asarray((xt @ x[:, start:stop]).toarray())  # (I, C) co-rating counts
+        block /= norms[:, None] * norms[None, start:stop]
+        block[np.arange(start, stop), np.arange(stop - start)] = -1.0  # never itself
+        top = np.argpartition(-block, k - 1, axis=0)[:k] if k else np.zeros((0, stop - start))
+        top = top.astype(np.int64)
+        vals = np.take_along_axis(block, top, axis=0)  # (k, C)
+        order = np.argsort(-vals, axis=0, kind="stable")
+        top, vals = np.take_along_axis(top, order, 0), np.take_along_axis(vals, order, 0)
+        found = vals > 0
+        cols[start:stop] = np.where(found, top, -1).T
+        sims[start:stop] = np.where(found, vals, 0.0).T
+    return cols, sims

@@ -53,6 +53,8 @@ def test_every_method_finds_planted_series(tmp_path: Path) -> None:
             str(csv),
             "--series",
             json.dumps(SERIES),
+            "--served-large",
+            "10",  # below the 40 movies: the configuration of large catalogues
         ],
         cwd=ROOT,
         capture_output=True,
@@ -63,5 +65,5 @@ def test_every_method_finds_planted_series(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines() if '"method"' in line]
     shares = {line["method"]: line["sibling_share@10"] for line in lines}
-    assert len(shares) == 3, shares
+    assert len(shares) == 4, shares  # kNN, EASE, served, served without EASE
     assert all(share == 1.0 for share in shares.values()), shares

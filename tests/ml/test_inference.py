@@ -17,6 +17,7 @@ from ml.fit.config import TrainConfig
 from ml.fit.pipeline import fit
 from ml.inference import HalfLinear, Recommender, Scored, half_linear_available
 from ml.model import Autoencoder, user_offsets
+from ml.model.linear import cosine_neighbours
 from tests.ml.test_checkpoint import TINY
 from tests.ml.test_data import random_matrix
 
@@ -176,9 +177,30 @@ def test_similar_movies_are_the_ease_column_of_the_movie(rec: Recommender) -> No
     assert [s.score for s in items] == pytest.approx(weights[expected].tolist())
 
 
-def test_similar_movies_without_ease_use_the_item_embeddings(tmp_path: Path) -> None:
-    model = Autoencoder.from_data(random_matrix(30, 20), TINY_NO_EASE).eval()
-    assert model.wide is None
+def test_similar_movies_without_ease_are_the_stored_cosine_neighbours(tmp_path: Path) -> None:
+    """Above wide_max_items (or in the tutorial model) EASE is off; similar films are each
+    movie's nearest by cosine over the rating matrix, stored in the checkpoint."""
+    train = random_matrix(30, 20)
+    model = Autoencoder.from_data(train, TINY_NO_EASE).eval()
+    assert model.wide is None and model.similar_cols is not None
+    path, _ = save(tmp_path, model, {"movie_ids": list(range(20)), "metrics": {}})
+    rec = Recommender.from_checkpoint(path)
+    cols, sims = cosine_neighbours(train, TINY_NO_EASE.similar_k)
+    items = rec.similar(3, n=5)
+    known = cols[3][cols[3] >= 0]
+    assert ids(items) == known[:5].tolist() and 3 not in ids(items)
+    assert [s.score for s in items] == pytest.approx(sims[3][: len(items)].tolist())
+    assert len(rec.similar(3, n=1000)) == len(known)  # never padding, never -inf
+
+
+def test_similar_movies_of_a_checkpoint_without_neighbours_use_the_item_embeddings(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint written before the neighbours were stored (no similar_k) keeps its
+    answers: the cosine of the ranking head's rows."""
+    config = dataclasses.replace(TINY_NO_EASE, similar_k=0)
+    model = Autoencoder.from_data(random_matrix(30, 20), config).eval()
+    assert model.wide is None and model.similar_cols is None
     path, _ = save(tmp_path, model, {"movie_ids": list(range(20)), "metrics": {}})
     rec = Recommender.from_checkpoint(path)
     unit = torch.nn.functional.normalize(model.item_embeddings(), dim=1)

@@ -22,6 +22,7 @@ from ml.model import (
     tune_ease_lambda,
     tune_ridge_lambda,
 )
+from ml.model.linear import cosine_neighbours
 
 CONFIGS = {
     "default": ModelConfig(),
@@ -344,3 +345,18 @@ def test_top_k_columns_with_fewer_allowed_columns_than_k() -> None:
     assert torch.equal(values, want.values)  # the same values, −inf in the tail
     assert cols[0, :2].tolist() == [87_000, 5] and cols[1, 0].item() == 40_000
     assert int(cols.max()) < scores.shape[1]
+
+
+def test_cosine_neighbours_match_the_dense_cosine_in_any_chunking() -> None:
+    m = random_ratings(40, 30, density=0.3)
+    x = (m.toarray() != 0).astype(np.float64)
+    norms = np.linalg.norm(x, axis=0)
+    cosine = (x.T @ x) / np.outer(norms, norms)
+    np.fill_diagonal(cosine, -1.0)
+    for chunk in (1, 7, 512):
+        cols, sims = cosine_neighbours(m, 5, chunk=chunk)
+        assert cols.shape == sims.shape == (30, 5)
+        for j in range(30):
+            assert j not in cols[j]
+            assert np.allclose(sims[j], np.sort(cosine[:, j])[::-1][:5], atol=1e-6)
+            assert np.allclose(cosine[cols[j], j], sims[j], atol=1e-6)
