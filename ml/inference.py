@@ -312,18 +312,6 @@ class Recommender:
         pred, scores = self._forward([self._encode(ratings)])
         return pred[0].cpu().numpy(), scores[0].cpu().numpy()
 
-    def score_matrix(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of every row of a CSR (users x this model's columns) in one pass."""
-        if matrix.shape[1] != self.n_items:
-            raise ValueError(f"matrix has {matrix.shape[1]} columns, the model {self.n_items}")
-        m = sp.csr_matrix(matrix)
-        rows = [
-            (m.indices[a:b].astype(np.int64), m.data[a:b].astype(np.float32))
-            for a, b in zip(m.indptr[:-1], m.indptr[1:], strict=True)
-        ]
-        pred, scores = self._forward(rows)
-        return pred.cpu().numpy(), scores.cpu().numpy()
-
     def top_k_rows(
         self,
         rows: Sequence[tuple[np.ndarray, np.ndarray]],
