@@ -197,6 +197,41 @@ def test_a_rebuilt_model_scores_as_the_active_one_on_the_same_slice(
     assert missing is not None and "gone" in missing.metrics["gate"]["active"]["error"]
 
 
+def test_the_gate_scores_both_models_on_the_ratings_of_movies_both_know(tmp_path: Path) -> None:
+    """A movie added since the active model was trained: its held-out ratings are left out of
+    both figures (the active model can neither rank nor rate it), every other one counts."""
+    from ml.data import RatingsData, build_matrix, validation_split
+
+    rng = np.random.default_rng(2)
+    rows = [
+        (u, m, float(rng.integers(1, 11)) / 2)
+        for u in range(1, 31)
+        for m in rng.choice(np.arange(1, 21), size=8, replace=False).tolist()
+    ]
+
+    def data(triples: list, movies: list[int]) -> RatingsData:
+        arr = np.array(triples, dtype=np.float64)
+        catalogue = np.array(movies, dtype=np.int64)
+        matrix, users = build_matrix(
+            arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], catalogue
+        )
+        return RatingsData(matrix, users, catalogue, None)
+
+    config = tiny_config(epochs=2, val_frac=0.2)
+    first = train_from_store("", tmp_path / "a", config, data=data(rows, list(range(1, 21))))
+    assert first is not None
+    grown = data(rows + [(u, 21, 4.0) for u in range(1, 31)], list(range(1, 22)))
+    second = train_from_store("", tmp_path / "b", config, data=grown, active=first.path)
+    assert second is not None
+    _, val = validation_split(grown.matrix, config.val_frac, config.seed)
+    new_movie = int(val[:, 20].nnz)
+    assert new_movie > 0  # the slice holds ratings of the new movie
+    gate = second.metrics["gate"]
+    assert gate["held_out_ratings"] == val.nnz - new_movie
+    assert gate["new"]["n_ratings"] == gate["active"]["n_ratings"] == val.nnz - new_movie
+    assert np.isfinite(gate["active"]["rmse"]) and np.isfinite(gate["new"]["rmse"])
+
+
 def test_finish_uses_the_validation_slice_then_refits_ease_on_every_rating(split) -> None:
     from ml.model import ease_weights
 
