@@ -32,16 +32,11 @@ from app.repositories import movies as movies_repo
 from app.repositories.ratings import RatingsReader
 from app.services import registry
 from app.services.catalogue import Catalogue
+from ml.scored import Scored
 
 log = logging.getLogger("movierec.serving")
 MASK_CACHE = 256  # filter masks kept per serving state
 _SERIALS = itertools.count(1)  # ServingState.serial: later states, larger numbers
-
-
-class Scored(Protocol):
-    movie_id: int
-    score: float
-    predicted_rating: float
 
 
 class RecommenderLike(Protocol):
@@ -267,26 +262,17 @@ class ResultMemo:
         self._store(key, answer)
 
 
-@dataclass(frozen=True)
-class Ranked:
-    """One movie of a ranked list: id, ranking score and predicted rating."""
-
-    movie_id: int
-    score: float
-    predicted_rating: float
-
-
 @dataclass
 class _Request:
     ratings: Mapping[int, float]
     k: int  # how many of the best to return (n + offset)
     allowed: np.ndarray  # (I,) bool
-    future: asyncio.Future[list[Ranked]]
+    future: asyncio.Future[list[Scored]]
 
 
 def rank_batch(
     recommender: RecommenderLike, requests: Sequence[tuple[Mapping[int, float], int, np.ndarray]]
-) -> list[list[Ranked]]:
+) -> list[list[Scored]]:
     """Score many users in one forward pass; the best ``k`` allowed, unrated movies of each.
 
     ``requests`` are ``(ratings, k, allowed)``: the user's ``{movie_id: rating}``, how many to
@@ -303,7 +289,7 @@ def rank_batch(
     tops = recommender.top_k_rows(rows, [k for _, k, _ in requests], [a for _, _, a in requests])
     return [
         [
-            Ranked(m, s, p)
+            Scored(m, s, p)
             for m, s, p in zip(ids.tolist(), scores.tolist(), preds.tolist(), strict=True)
         ]
         for ids, scores, preds in tops
@@ -354,7 +340,7 @@ class MicroBatcher:
         ratings: Mapping[int, float],
         k: int,
         allowed: np.ndarray,
-    ) -> list[Ranked]:
+    ) -> list[Scored]:
         loop = asyncio.get_running_loop()
         request = _Request(ratings, k, allowed, loop.create_future())
         key = id(recommender)
@@ -417,7 +403,7 @@ class MicroBatcher:
         self,
         loop: asyncio.AbstractEventLoop,
         chunk: list[_Request],
-        done: asyncio.Future[list[list[Ranked]]],
+        done: asyncio.Future[list[list[Scored]]],
     ) -> None:
         """Back on the event loop: answer the batch, start the next one if requests wait."""
         self._busy = False
@@ -436,7 +422,7 @@ class MicroBatcher:
             self._executor.shutdown(wait=True)
 
 
-def _deliver(chunk: Sequence[_Request], results: Sequence[list[Ranked]]) -> None:
+def _deliver(chunk: Sequence[_Request], results: Sequence[list[Scored]]) -> None:
     for r, result in zip(chunk, results, strict=True):
         if not r.future.done():
             r.future.set_result(result)

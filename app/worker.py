@@ -8,7 +8,7 @@ heartbeat thread refreshes the job's ``heartbeat_at`` and the worker's row in ``
 marked failed after ``settings.heartbeat_timeout_seconds`` by any worker's poll or by the API
 (at once by ``movierec serve`` when it sees its own worker die).
 
-Training checks before every mini-batch (``ml.train.before_batch``) whether it must stop: the
+Training checks before every mini-batch (``ml.fit.loop.before_batch``) whether it must stop: the
 worker was asked to stop (SIGTERM/SIGINT), the ``movierec serve`` process that started it is
 gone, or the job is no longer this worker's (cancelled by an admin, or failed by a reaper).
 """
@@ -25,6 +25,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +38,7 @@ from app.repositories import jobs as jobs_repo
 from app.repositories import workers as workers_repo
 from app.services import jobs as jobs_service
 from app.services import registry
+from ml import progress
 
 log = logging.getLogger("movierec.worker")
 
@@ -63,7 +65,7 @@ def default_worker_id() -> str:
 
 
 def progress_from_epoch(record: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """The job's ``progress`` JSON from one epoch record of ``ml.train.fit``."""
+    """The job's ``progress`` JSON from one epoch record of ``ml.fit.pipeline.fit``."""
     val = {k.removeprefix("val_"): v for k, v in record.items() if k.startswith("val_")}
     return {
         "epoch": int(record.get("epoch", 0)),
@@ -73,6 +75,13 @@ def progress_from_epoch(record: dict[str, Any], epochs: int) -> dict[str, Any]:
         "best_epoch": record.get("best_epoch"),
         "seconds": record.get("seconds"),
     }
+
+
+def progress_from_phase(report: dict[str, Any]) -> dict[str, Any]:
+    """The job's ``progress`` JSON fields from one phase report of ``ml.progress``: the phase,
+    how far it got (``done`` of ``total``, None when unknown) and its elapsed seconds."""
+    keys = ("phase", "done", "total", "elapsed_s", "finished")
+    return {k: report.get(k) for k in keys}
 
 
 class Heartbeat:
@@ -228,21 +237,30 @@ class Worker:
         return outcome
 
     def _train_and_register(self, job_id: int, heartbeat: Heartbeat) -> Outcome:
-        from ml.train import before_batch, preset, train_from_store, with_overrides
+        from ml.fit.config import preset, with_overrides
+        from ml.fit.loop import before_batch
+        from ml.fit.pipeline import train_from_store
 
         with self.sessions() as session:
             job = session.get(TrainingJob, job_id)
             params: dict[str, Any] = dict(job.params or {}) if job is not None else {}
-        overrides: dict[str, Any] = {"device": self.settings.device}
+            active = registry.active_version(session)  # scored beside the new model
+        # No progress bars: the worker's output goes to the server log, as log lines.
+        overrides: dict[str, Any] = {"device": self.settings.device, "progress": False}
         if params.get("epochs") is not None:
             overrides["epochs"] = int(params["epochs"])
         config = with_overrides(preset(str(params.get("preset") or "default")), overrides)
-        on_epoch = self._progress_writer(job_id, config.epochs, heartbeat)
+        on_epoch, on_phase = self._progress_writer(job_id, config.epochs, heartbeat)
         on_epoch({"epoch": 0})
         token = before_batch.set(lambda: self.check_stop(heartbeat))
         try:
             result = train_from_store(
-                self.settings.database_url, self.settings.model_dir, config, on_epoch=on_epoch
+                self.settings.database_url,
+                self.settings.model_dir,
+                config,
+                on_epoch=on_epoch,
+                on_progress=on_phase,
+                active=Path(active.path) if active is not None else None,
             )
         finally:
             before_batch.reset(token)
@@ -250,24 +268,46 @@ class Worker:
             raise RuntimeError("training wrote no checkpoint")
         try:
             self.check_stop(heartbeat)
-            return self._register(job_id, result)
+            with progress.reporting(on_phase), progress.phase("registering"):
+                return self._register(job_id, result)
         except JobInterrupted:  # nothing refers to the checkpoint: no orphan folder left
             shutil.rmtree(result.path, ignore_errors=True)
             raise
 
     def _progress_writer(
         self, job_id: int, epochs: int, heartbeat: Heartbeat
-    ) -> Callable[[dict[str, Any]], None]:
-        def on_epoch(record: dict[str, Any]) -> None:
-            self.check_stop(heartbeat)
-            progress = progress_from_epoch(record, epochs)
-            with self.sessions() as session, session.begin():
-                if not jobs_repo.record_progress(
-                    session, job_id, self.worker_id, progress, utcnow()
-                ):
-                    raise JobInterrupted("the job was cancelled or marked failed while it ran")
+    ) -> tuple[Callable[[dict[str, Any]], None], Callable[[dict[str, Any]], None]]:
+        """The job's progress writers: one for epoch records, one for phase reports
+        (``ml.progress``); both update one ``progress`` JSON, phase start and end are logged."""
+        latest: dict[str, Any] = {}
 
-        return on_epoch
+        def write(update: dict[str, Any], interruptible: bool = True) -> None:
+            if interruptible:
+                self.check_stop(heartbeat)
+            latest.update(update)
+            with self.sessions() as session, session.begin():
+                if jobs_repo.record_progress(
+                    session, job_id, self.worker_id, dict(latest), utcnow()
+                ):
+                    return
+                # Registering ends the job in its own transaction (``_register``): the job has
+                # succeeded when that phase reports its end, which is no interruption.
+                if not interruptible and jobs_repo.record_final_progress(
+                    session, job_id, self.worker_id, dict(latest)
+                ):
+                    return
+            raise JobInterrupted("the job was cancelled or marked failed while it ran")
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            write(progress_from_epoch(record, epochs))
+
+        def on_phase(report: dict[str, Any]) -> None:
+            if report["finished"] or report["done"] == 0:
+                log.info("job %d: %s", job_id, progress.describe(report), extra={"job_id": job_id})
+            # Registering commits on its own: a stop asked meanwhile no longer interrupts it.
+            write(progress_from_phase(report), interruptible=report["phase"] != "registering")
+
+        return on_epoch, on_phase
 
     def _register(self, job_id: int, result: Any) -> Outcome:
         """Register the checkpoint and end the job as succeeded, in one transaction; activate

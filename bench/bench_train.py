@@ -13,7 +13,7 @@
     model allows it, else dense blocks) and extrapolates the time of one epoch, and reports the
     peak resident memory of the process. ``--compare`` also times ``N`` batches through the
     dense objective (``densify`` + ``Autoencoder.loss``) on the same model, interleaved with the
-    packed ones. ``--epoch`` then runs the store trainer's own ``ml.train.fit`` for one whole
+    packed ones. ``--epoch`` then runs the store trainer's own ``ml.fit.pipeline.fit`` for one whole
     epoch on the training part of ``ml.data.validation_split`` (as ``train_from_store``), with
     its validation pass over the held-out slice, timing each; the finishing steps and the
     checkpoint are left out. Without ``--database-url`` the CSR is generated directly with numpy
@@ -36,11 +36,13 @@ import scipy.sparse as sp
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import ml.train
+import ml.fit.loop
+import ml.fit.pipeline
 from ml.data import densify, load_ratings, pack_rows, validation_split
+from ml.fit.config import TrainConfig
+from ml.fit.loop import make_optimizer
 from ml.inference import resolve_device
 from ml.model import Autoencoder, ModelConfig
-from ml.train import TrainConfig, make_optimizer
 
 
 def peak_rss_gib() -> float:
@@ -124,7 +126,7 @@ def _step(
     device: torch.device,
     sparse: bool,
 ) -> None:
-    """One training step as ``ml.train._train_epoch`` takes it: batch, objective, backward,
+    """One training step as ``ml.fit.loop._train_epoch`` takes it: batch, objective, backward,
     gradient clipping, AdamW."""
     batch = pack_rows(train, rows, device) if sparse else densify(train, rows, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -256,14 +258,14 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def one_epoch(train: sp.csr_matrix, device: torch.device, batch_size: int) -> dict[str, Any]:
-    """One epoch of the store trainer (``ml.train.fit``, its default config, ``epochs=1``) on
+    """One epoch of the store trainer (``ml.fit.pipeline.fit``, its default config, ``epochs=1``) on
     the training part of the validation split ``train_from_store`` makes, with its validation
     pass; the finishing steps and the checkpoint are not run."""
     config = TrainConfig(epochs=1, batch_size=batch_size, device=str(device), progress=True)
     start = time.perf_counter()
     fit_part, val_part = validation_split(train, config.val_frac, config.seed)
     split_s = time.perf_counter() - start
-    validate = ml.train.validate
+    validate = ml.fit.loop.validate
     validation_s = 0.0
 
     def timed_validate(*args: Any, **kwargs: Any) -> dict[str, float]:
@@ -274,13 +276,13 @@ def one_epoch(train: sp.csr_matrix, device: torch.device, batch_size: int) -> di
         finally:
             validation_s += time.perf_counter() - started
 
-    ml.train.validate = timed_validate  # type: ignore[assignment]
+    ml.fit.loop.validate = timed_validate  # type: ignore[assignment]
     try:
         start = time.perf_counter()
-        model, history = ml.train.fit(fit_part, val_part, config)
+        model, history = ml.fit.pipeline.fit(fit_part, val_part, config)
         fit_s = time.perf_counter() - start
     finally:
-        ml.train.validate = validate  # type: ignore[assignment]
+        ml.fit.loop.validate = validate  # type: ignore[assignment]
     record = history[0]
     return {
         "epoch_split_s": split_s,
@@ -307,9 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--compare", action="store_true", help="scale: also time the dense objective, interleaved"
     )
-    p.add_argument(
-        "--epoch", action="store_true", help="scale: then run one whole epoch of ml.train.fit"
-    )
+    p.add_argument("--epoch", action="store_true", help="scale: then run one whole epoch of fit")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = p.parse_args(argv)

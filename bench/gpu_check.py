@@ -32,8 +32,9 @@ from bench_train import synthetic_csr  # run as a script: bench/ is on sys.path
 
 from ml.checkpoint import save
 from ml.data import load_ratings, validation_split
+from ml.fit.config import TrainConfig
+from ml.fit.pipeline import fit
 from ml.inference import Recommender
-from ml.train import TrainConfig, fit
 
 
 def epoch_seconds(history: list[dict[str, Any]]) -> list[float]:

@@ -15,7 +15,7 @@ validation slice; the test part is never read. One torch thread.
 ``python bench/item_codes.py validate --ratings-csv R.csv [--seed S] [--model JSON]
 [--lambdas 50,100]``
     Trains the default preset (``ModelConfig`` fields overridden by ``--model``) with
-    ``ml.train.fit`` and early stopping on its 5 % slice, calibrates the rating paths on that
+    ``ml.fit.pipeline.fit`` and early stopping on its 5 % slice, calibrates the rating paths on that
     slice (``calibrate_rating_paths``) for each fold-in λ, and prints the validation RMSE.
 
 ``python bench/item_codes.py serve CHECKPOINT --ratings-csv R.csv``
@@ -50,9 +50,10 @@ from ml.baselines import BiasBaseline
 from ml.checkpoint import save
 from ml.data import densify, split_ratings, validation_split
 from ml.evaluate import autoencoder_scorer, rating_errors, ratings_from_csv
+from ml.fit.config import preset, with_overrides
+from ml.fit.pipeline import fit
 from ml.inference import Recommender
 from ml.model import Autoencoder, ModelConfig, bias_statistics, fold_in_codes, user_offsets
-from ml.train import fit, preset, with_overrides
 
 
 def slices(ratings_csv: Path, seed: int) -> tuple[sp.csr_matrix, ...]:

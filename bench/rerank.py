@@ -5,8 +5,8 @@ seed)`` → training part → ``split_per_user(train, 0.2, 100 + seed)`` → the
 the validation slice; the test part is never read. One torch thread.
 
 ``python bench/rerank.py validate --ratings-csv R.csv [--seed S]``
-    Trains the default preset with ``ml.train.fit`` on the remaining part (early stopping on
-    its 5 % slice), finishes it as ``ml.train.finish`` does (rating paths calibrated on that
+    Trains the default preset with ``ml.fit.pipeline.fit`` on the remaining part (early stopping on
+    its 5 % slice), finishes it as ``ml.fit.finish.finish`` does (rating paths calibrated on that
     slice, EASE path tuned and solved on the whole remaining part), then prints the validation
     NDCG@10 of EASE's ranking and of each re-ranking variant: EASE's top K' candidates
     ordered by ``ease + γ · f(predicted rating)``, ``f`` either the rating itself or
@@ -31,8 +31,9 @@ from scipy.special import log_ndtr
 from ml import metrics
 from ml.data import split_per_user, validation_split
 from ml.evaluate import EASE_LAMBDAS, ratings_from_csv, refit_wide_path
+from ml.fit.config import preset, with_overrides
+from ml.fit.pipeline import fit
 from ml.model import _dense_rows
-from ml.train import fit, preset, with_overrides
 
 
 def scores_of(model, train: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from bench_train import synthetic_csr  # run as a script: bench/ is on sys.path
 
 from ml.data import densify, pack_rows
+from ml.fit.config import TrainConfig
+from ml.fit.loop import make_optimizer
 from ml.model import Autoencoder, ModelConfig
-from ml.train import TrainConfig, make_optimizer
 
 Tick = Callable[[str], None]
 

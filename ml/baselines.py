@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ml import metrics
+from ml.model import ease_weights, tune_ease_lambda, user_offset
 
 
 def _csr(m: sp.spmatrix) -> sp.csr_matrix:
@@ -62,9 +62,8 @@ class BiasBaseline:
         resid = coo.data - self.global_mean  # (nnz,)
         b_u, b_i = np.zeros(n_users), np.zeros(n_items)
         for _ in range(self.iterations):
-            b_u = np.bincount(coo.row, resid - b_i[coo.col], minlength=n_users) / (
-                n_u + self.user_reg
-            )
+            sums = np.bincount(coo.row, resid - b_i[coo.col], minlength=n_users)
+            b_u = user_offset(sums, n_u, self.user_reg)
             b_i = np.bincount(coo.col, resid - b_u[coo.row], minlength=n_items) / (
                 n_i + self.item_reg
             )
@@ -77,7 +76,7 @@ class BiasBaseline:
         coo = m.tocoo()
         resid = coo.data - self.global_mean - self.item_bias[coo.col]
         sums = np.bincount(coo.row, resid, minlength=m.shape[0])
-        return sums / (np.diff(m.indptr) + self.user_reg)
+        return user_offset(sums, np.diff(m.indptr), self.user_reg)
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Ratings for (row, column) pairs of the fitted matrix; indices outside the fitted
@@ -124,13 +123,7 @@ class EASE:
 
     def fit(self, train: sp.spmatrix) -> EASE:
         """Solve for B on the binarised ``train``; O(I³) time, O(I²) memory."""
-        x = (_csr(train) != 0).astype(np.float64)
-        gram = (x.T @ x).toarray()  # (I, I)
-        gram[np.diag_indices_from(gram)] += self.lam
-        p = np.linalg.inv(gram)
-        b = -p / np.diag(p)[None, :]
-        b[np.diag_indices_from(b)] = 0.0
-        self.weights = b
+        self.weights = ease_weights(_csr(train), self.lam, np.float64)
         return self
 
     def score(self, rows: sp.spmatrix) -> np.ndarray:
@@ -147,14 +140,7 @@ class EASE:
         seed: int = 0,
     ) -> tuple[EASE, dict[float, float]]:
         """EASE with λ chosen by NDCG@10 on a per-user validation slice of ``train`` (never the
-        test data), then refitted on all of ``train``. Returns (model, {λ: validation NDCG})."""
-        from ml.data import split_per_user
-
-        fit_part, val_part = split_per_user(_csr(train), val_frac, seed)
-        relevant = metrics.relevance(val_part)
-        results: dict[float, float] = {}
-        for lam in lambdas:
-            scores = metrics.mask_seen(cls(lam=lam).fit(fit_part).score(fit_part), fit_part)
-            results[float(lam)] = float(np.nanmean(metrics.ndcg_at_k(scores, relevant, 10)))
-        best = max(results, key=lambda k: results[k])
-        return cls(lam=best).fit(train), results
+        test data; ``ml.model.tune_ease_lambda``, the model's own tuning), then refitted on all
+        of ``train``. Returns (model, {λ: validation NDCG})."""
+        best, results = tune_ease_lambda(_csr(train), lambdas, val_frac, seed)
+        return cls(lam=cls.lam if best is None else best).fit(train), results

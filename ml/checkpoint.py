@@ -29,6 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ml.model import Autoencoder
+
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
@@ -165,3 +167,16 @@ def load(path: Path | str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights} cannot be read: {exc}") from exc
     return manifest, state
+
+
+def load_model(path: Path | str) -> tuple[Autoencoder, dict[str, Any]]:
+    """The verified checkpoint at ``path`` as ``(Autoencoder in eval mode, manifest)``; raises
+    ``CheckpointError`` when it cannot be read or its weights do not fit its architecture."""
+    path = Path(path)
+    manifest, state = load(path)
+    try:
+        model = Autoencoder.from_architecture(manifest["architecture"])
+        model.load_state_dict(state)
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the architecture: {exc}") from exc
+    return model.eval(), manifest

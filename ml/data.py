@@ -383,16 +383,6 @@ def batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield order[start : start + batch_size]
 
 
-def from_triples(
-    triples: Iterable[tuple[int, int, float]], movie_ids: np.ndarray
-) -> tuple[sp.csr_matrix, np.ndarray]:
-    """CSR from ``(user_id, movie_id, rating)`` triples (small inputs: tests, the CLI)."""
-    arr = np.array(list(triples), dtype=np.float64).reshape(-1, 3)
-    return build_matrix(
-        arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], movie_ids
-    )
-
-
 def remap_columns(m: sp.csr_matrix, from_ids: np.ndarray, to_ids: np.ndarray) -> sp.csr_matrix:
     """``m`` with columns labelled ``from_ids`` re-indexed to the vocabulary ``to_ids``.
 

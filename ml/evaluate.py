@@ -43,12 +43,14 @@ from ml import metrics
 from ml.baselines import EASE, BiasBaseline, Popularity
 from ml.data import DataError, RatingsData, build_matrix, densify, split_per_user, split_ratings
 from ml.data import validation_split as early_stopping_split
+from ml.fit.config import TrainConfig, preset
+from ml.fit.finish import choose_ranking_weights
+from ml.fit.pipeline import fit
 from ml.model import Autoencoder, ranks_as_scores
-from ml.train import TrainConfig, choose_ranking_weights, fit, preset
 
 MODELS = ("bias", "popularity", "ease", "seed", "default")
 RATING_MODELS = ("bias", "seed", "default")  # the models that predict ratings
-AUTOENCODERS = ("seed", "default")  # trained with ml.train.fit from the preset of that name
+AUTOENCODERS = ("seed", "default")  # trained with ml.fit.pipeline.fit from the preset of that name
 RATING_METRICS = ("rmse", "mae")
 RANKING_METRICS = ("ndcg@10", "recall@20", "precision@10", "map@10", "coverage@10")
 LABELS = {
@@ -149,7 +151,7 @@ def _train_autoencoder(
     """Fit one autoencoder with early stopping on a slice of ``train``; returns it and facts.
 
     The model is then finished on the early-stopping slice, which its weights never saw, as
-    ``ml.train.finish`` does: the weights of its rating paths are refitted by least squares
+    ``ml.fit.finish.finish`` does: the weights of its rating paths are refitted by least squares
     (``Autoencoder.calibrate_rating_paths``); with ``ease_lambdas`` (the ranking protocol) the
     weight of the deep correction beside EASE (``Autoencoder.choose_wide_mix``) and that of
     the re-ranking by predicted ratings (``Autoencoder.choose_rerank``) are chosen, then the

@@ -25,11 +25,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ml.checkpoint import RATING_SCALE, CheckpointError, load
-from ml.model import Autoencoder
+from ml.checkpoint import RATING_SCALE, CheckpointError, load_model
+from ml.model import Autoencoder, user_offset
+from ml.scored import Scored
 
 UserRatings = Mapping[int, float] | Sequence[tuple[int, float]]
-USER_BIAS_REG = 10.0  # shrinkage of a user's offset in the bias fallback (pseudo-ratings)
 BATCH = 256  # users per forward pass in recommend_many
 PRECISIONS = ("float32", "bfloat16", "float16", "auto")
 BF16_MIN_ITEMS = 20_000  # below this the output layers are cheap: float32 everywhere
@@ -61,15 +61,6 @@ def half_linear_available() -> bool:
         return bool(layer(torch.ones(2, 4)).shape == (2, 3))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
-
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """One recommended movie: its id, ranking score and predicted rating."""
-
-    movie_id: int
-    score: float
-    predicted_rating: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +127,10 @@ class Recommender:
             np.asarray(manifest.get("popularity", np.zeros(len(self.movie_ids))), dtype=np.int64)
         )
         self._popular_order = _readonly(np.argsort(-self._popularity, kind="stable"))
-        emb = model.item_embeddings().detach().float()  # (I, d)
-        self._unit_items = torch.nn.functional.normalize(emb, dim=1).contiguous().to(device)
+        self._unit_items: torch.Tensor | None = None  # (I, d): a model without item–item part
+        if model.wide is None and model.similar_cols is None:
+            emb = model.item_embeddings().detach().float()  # (I, d)
+            self._unit_items = torch.nn.functional.normalize(emb, dim=1).contiguous().to(device)
         self.global_mean, self._item_bias = self._bias_terms(model, manifest)
         # Last: the statistics above are read from the float32 weights.
         self.precision = self._choose_precision(precision)
@@ -214,12 +207,7 @@ class Recommender:
         ``auto`` (see ``_choose_precision``; the API server's choice).
         """
         path = Path(path)
-        manifest, state = load(path)
-        try:
-            model = Autoencoder.from_architecture(manifest["architecture"])
-            model.load_state_dict(state)
-        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: weights do not fit the architecture: {exc}") from exc
+        model, manifest = load_model(path)
         return cls(model, manifest, path, resolve_device(device), precision)
 
     @staticmethod
@@ -323,18 +311,6 @@ class Recommender:
         """(predicted ratings (I,), ranking scores (I,)) of one user over the whole catalogue."""
         pred, scores = self._forward([self._encode(ratings)])
         return pred[0].cpu().numpy(), scores[0].cpu().numpy()
-
-    def score_matrix(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of every row of a CSR (users x this model's columns) in one pass."""
-        if matrix.shape[1] != self.n_items:
-            raise ValueError(f"matrix has {matrix.shape[1]} columns, the model {self.n_items}")
-        m = sp.csr_matrix(matrix)
-        rows = [
-            (m.indices[a:b].astype(np.int64), m.data[a:b].astype(np.float32))
-            for a, b in zip(m.indptr[:-1], m.indptr[1:], strict=True)
-        ]
-        pred, scores = self._forward(rows)
-        return pred.cpu().numpy(), scores.cpu().numpy()
 
     def top_k_rows(
         self,
@@ -518,12 +494,13 @@ class Recommender:
         return float(min(max(x, self.rating_min), self.rating_max))
 
     def user_offset(self, ratings: UserRatings) -> float | None:
-        """Shrunk mean deviation of the user's ratings from global mean + movie bias."""
+        """The user's offset from global mean + movie bias (``ml.model.user_offset``, with the
+        model's own shrinkage ``user_bias_reg``); None without ratings."""
         cols, vals = self._encode(ratings)
         if len(cols) == 0:
             return None
         dev = vals - self.global_mean - self._item_bias[cols]
-        return float(dev.sum() / (len(cols) + USER_BIAS_REG))
+        return float(user_offset(dev.sum(), len(cols), self.model.config.user_bias_reg))
 
     def predict_with_fallback(
         self, ratings: UserRatings, movie_ids: Iterable[int]
@@ -554,7 +531,9 @@ class Recommender:
 
     # ------------------------------------------------------------------ catalogue
     def similar(self, movie_id: int, n: int = 10) -> list[Scored]:
-        """The ``n`` movies closest to ``movie_id`` by cosine of the learned item embeddings.
+        """The ``n`` movies most similar to ``movie_id`` by the model's item–item part
+        (``Autoencoder.similar``: EASE's weights, or the stored nearest movies by cosine), or,
+        for a checkpoint without one, by cosine of the learned item embeddings.
 
         The movie itself is never returned; an unknown id raises ``KeyError``.
         """
@@ -562,14 +541,17 @@ class Recommender:
         if col < 0:
             raise KeyError(f"movie {movie_id} is not known to model {self.version_name}")
         with torch.inference_mode():
-            sims = self._unit_items @ self._unit_items[col]  # (I,)
-            sims[col] = -math.inf
-            k = min(n, self.n_items - 1)
-            top_s, top_c = torch.topk(sims, k)
-        cols = top_c.cpu().numpy()
+            found = self.model.similar(col, n) if self._unit_items is None else None
+            if found is None:
+                assert self._unit_items is not None
+                sims = self._unit_items @ self._unit_items[col]  # (I,)
+                sims[col] = -math.inf
+                top = torch.topk(sims, min(n, self.n_items - 1))
+                found = top.indices, top.values
+        cols, scores = (t.cpu().numpy() for t in found)
         return [
             Scored(int(self.movie_ids[c]), float(s), math.nan)
-            for c, s in zip(cols, top_s.cpu().numpy(), strict=True)
+            for c, s in zip(cols, scores, strict=True)
         ]
 
     def popular(

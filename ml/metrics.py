@@ -65,10 +65,13 @@ def _skip_empty(values: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
     return np.where(n_relevant > 0, values, np.nan)
 
 
-def ndcg_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> np.ndarray:
-    """Binary NDCG@k per user: DCG = Σ_{r≤k} rel_r / log2(r + 1), divided by the DCG of an
-    ideal list with min(k, #relevant) hits first. NaN for a user with no relevant movie."""
-    hits, n_rel = _hits(scores, relevant, k)
+def ndcg_of_hits(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Binary NDCG per user from the (B, k) 0/1 hits of a top-k list and the (B,) number of
+    relevant movies: DCG = Σ_{r≤k} rel_r / log2(r + 1), divided by the DCG of an ideal list with
+    min(k, #relevant) hits first. NaN for a user with no relevant movie. The one place of this
+    formula: ``ndcg_at_k``, the training's validation and the EASE λ tuning all come here."""
+    hits = np.asarray(hits, dtype=np.float64)
+    n_rel = np.asarray(n_relevant)
     discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))  # (k,)
     dcg = hits @ discounts  # (B,)
     ideal_cum = np.concatenate([[0.0], np.cumsum(discounts)])  # ideal DCG for 0..k hits
@@ -77,13 +80,24 @@ def ndcg_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> np.ndarr
         return _skip_empty(dcg / idcg, n_rel)
 
 
-def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 20) -> np.ndarray:
-    """Recall@k per user = hits in the top k / min(k, #relevant) — the normalisation of
-    Liang et al. (Mult-VAE), so that a perfect list scores 1 even when a user has more than k
-    relevant movies. NaN for a user with no relevant movie."""
-    hits, n_rel = _hits(scores, relevant, k)
+def recall_of_hits(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Recall per user = hits in the top k / min(k, #relevant) — the normalisation of Liang et
+    al. (Mult-VAE), so that a perfect list scores 1 even when a user has more than k relevant
+    movies. NaN for a user with no relevant movie."""
+    hits = np.asarray(hits, dtype=np.float64)
+    n_rel = np.asarray(n_relevant)
     with np.errstate(invalid="ignore", divide="ignore"):
         return _skip_empty(hits.sum(1) / np.minimum(n_rel, hits.shape[1]), n_rel)
+
+
+def ndcg_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> np.ndarray:
+    """Binary NDCG@k per user of the scores' top k (``ndcg_of_hits``)."""
+    return ndcg_of_hits(*_hits(scores, relevant, k))
+
+
+def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 20) -> np.ndarray:
+    """Recall@k per user of the scores' top k (``recall_of_hits``)."""
+    return recall_of_hits(*_hits(scores, relevant, k))
 
 
 def precision_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> np.ndarray:

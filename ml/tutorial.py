@@ -17,9 +17,10 @@ steps by hand, on the parameters of the same ``Autoencoder``:
   this costs a handful of vectorised passes instead of one optimizer call per tensor.
 
 Data order, initialisation, seeds, validation, early stopping, progress bar and the per-epoch
-records and JSON lines are those of :func:`ml.train.fit`, which hands such configurations here
-(see :func:`supports`). The results equal the autograd loop's up to rounding (sums are taken in
-another order); ``tests/ml/test_tutorial.py`` runs both loops side by side in float64.
+records and JSON lines are those of :func:`ml.fit.pipeline.fit`, which hands such
+configurations here (see :func:`supports`). The results equal the autograd loop's up to
+rounding (sums are taken in another order); ``tests/ml/test_tutorial.py`` runs both loops side
+by side in float64.
 """
 
 from __future__ import annotations
@@ -34,20 +35,20 @@ from scipy.special import expit
 from torch import nn
 from tqdm import tqdm
 
-from ml.model import Autoencoder, ModelConfig
-from ml.train import (
+from ml.fit.config import TrainConfig
+from ml.fit.loop import (
     Dist,
     EpochCallback,
-    TrainConfig,
     _epoch_batches,
     _n_batches,
     _seed_everything,
     lr_factor,
     run_epochs,
 )
+from ml.model import Autoencoder, ModelConfig
 
-ENABLED = True  # False sends every configuration to ml.train's autograd loop (for comparisons)
-ALPHA = 0.99  # torch.optim.RMSprop's defaults, which ml.train.make_optimizer keeps
+ENABLED = True  # False sends every configuration to ml.fit.loop's autograd loop (for comparisons)
+ALPHA = 0.99  # torch.optim.RMSprop's defaults, which ml.fit.loop.make_optimizer keeps
 EPS = 1e-8
 
 
@@ -60,8 +61,6 @@ def supports_model(config: ModelConfig) -> bool:
         and not config.binary_input
         and not config.baseline
         and not config.normalise
-        and not config.tied
-        and not config.refeed
         and not config.wide
         and not config.wide_rating
         and config.ranking_loss == "none"
@@ -73,9 +72,9 @@ def supports_model(config: ModelConfig) -> bool:
 def supports(
     config: TrainConfig, d: Dist, device: torch.device, train: sp.csr_matrix | None = None
 ) -> bool:
-    """Whether :func:`fit` reproduces ``ml.train.fit`` for this configuration (and ``train``):
-    the tutorial's model, RMSprop, one user per step, no gradient clipping, one process on the
-    CPU, and no movie stored twice in a user's row."""
+    """Whether :func:`fit` reproduces ``ml.fit.pipeline.fit`` for this configuration (and
+    ``train``): the tutorial's model, RMSprop, one user per step, no gradient clipping, one
+    process on the CPU, and no movie stored twice in a user's row."""
     return (
         ENABLED
         and config.optimizer == "rmsprop"
@@ -99,7 +98,7 @@ def _has_duplicates(m: sp.csr_matrix) -> bool:
 
 
 class TutorialTrainer:
-    """Trains ``model`` in place, one user per step, as ``ml.train._train_epoch`` with
+    """Trains ``model`` in place, one user per step, as ``ml.fit.loop._train_epoch`` with
     ``torch.optim.RMSprop(model.parameters(), lr, weight_decay=config.weight_decay)`` does.
 
     While the trainer lives, the model's parameters are views into one flat buffer (in the
@@ -238,9 +237,9 @@ class TutorialTrainer:
     def epoch(
         self, train: sp.csr_matrix, epoch: int, step: int, total_steps: int
     ) -> tuple[dict[str, float], int]:
-        """One pass over the users in ``ml.train``'s order for ``epoch``; returns the mean loss
+        """One pass over the users in ``ml.fit.loop``'s order for ``epoch``; returns the mean loss
         parts (``train_loss``, ``train_rating_mse``) and the updated step count, as
-        ``ml.train._train_epoch``."""
+        ``ml.fit.loop._train_epoch``."""
         config = self.config
         d = Dist()
         n_batches = _n_batches(train, config, d)
@@ -285,7 +284,7 @@ def fit(
     *,
     on_epoch: EpochCallback | None = None,
 ) -> tuple[Autoencoder, list[dict[str, Any]]]:
-    """``ml.train.fit`` for a configuration :func:`supports` accepts (float32 CSR ``train``,
+    """``ml.fit.pipeline.fit`` for a configuration :func:`supports` accepts (float32 CSR ``train``,
     threads already set): the same model, history, JSON lines and callbacks."""
     train = sp.csr_matrix(train, dtype=np.float32)
     device = torch.device("cpu")

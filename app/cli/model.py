@@ -38,7 +38,7 @@ def _train_config(
     preset_name: str, config_file: Path | None, epochs: int | None, device: str | None
 ) -> Any:
     """TrainConfig from a preset, a JSON/TOML overrides file, then the flags."""
-    from ml.train import preset, read_config_file, with_overrides
+    from ml.fit.config import preset, read_config_file, with_overrides
 
     config = preset(preset_name)
     if config_file is not None:
@@ -82,26 +82,37 @@ def train(
     ),
 ) -> None:
     """Train on the store, write and register a checkpoint, print validation metrics."""
+    from ml import progress
     from ml.data import DataError
-    from ml.train import train_from_store
+    from ml.fit.pipeline import train_from_store
 
     settings = get_settings()
     settings.ensure_dirs()
     if device is not None and device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
-    if if_no_model:
-        with session_scope(settings.database_url) as session:
-            active = registry.active_version(session)
-            if active is not None:
-                typer.echo(f"model {Path(active.path).name} is active: nothing to train")
-                return
+    with session_scope(settings.database_url) as session:
+        active = registry.active_version(session)
+        active_path = Path(active.path) if active is not None else None
+    if if_no_model and active_path is not None:
+        typer.echo(f"model {active_path.name} is active: nothing to train")
+        return
     try:
         config = _train_config(preset_name, config_file, epochs, device or settings.device)
-        result = train_from_store(settings.database_url, settings.model_dir, config)
+        result = train_from_store(
+            settings.database_url,
+            settings.model_dir,
+            config,
+            on_progress=progress.printer(),
+            active=None if no_activate else active_path,
+        )
     except (ValueError, DataError, RuntimeError) as exc:
         fail(str(exc))
     assert result is not None  # one process: this is rank 0
-    with session_scope(settings.database_url) as session:
+    with (
+        progress.reporting(progress.printer()),
+        progress.phase("registering"),
+        session_scope(settings.database_url) as session,
+    ):
         version, gate = registry.register_and_gate(
             session,
             path=str(result.path),
@@ -137,7 +148,7 @@ def evaluate(
     """RMSE/MAE and top-N metrics of the autoencoders against baselines, as a report."""
     from ml import evaluate as ml_evaluate
     from ml.data import DataError, load_ratings
-    from ml.train import preset, with_overrides
+    from ml.fit.config import preset, with_overrides
 
     settings = get_settings()
     training: dict[str, Any] | None = None

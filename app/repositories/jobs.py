@@ -147,6 +147,23 @@ def record_progress(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def record_final_progress(
+    session: Session, job_id: int, worker_id: str, progress: dict[str, Any]
+) -> bool:
+    """The last progress of a job this worker has just ended as succeeded (its last phase's
+    end, reported after the job's own commit); False when it did not end so."""
+    result = session.execute(
+        update(TrainingJob)
+        .where(
+            (TrainingJob.id == job_id)
+            & (TrainingJob.worker_id == worker_id)
+            & (TrainingJob.status == JobStatus.succeeded.value)
+        )
+        .values(progress=progress)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def finish(session: Session, job_id: int, worker_id: str, status: JobStatus, **values: Any) -> bool:
     """End a running job of this worker (succeeded or failed); False when it was not ours."""
     result = session.execute(

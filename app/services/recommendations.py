@@ -23,6 +23,7 @@ from app.repositories import users as users_repo
 from app.repositories.ratings import RatingsReader
 from app.services.errors import ModelUnavailableError, NotFoundError
 from app.serving import MicroBatcher, ResultMemo, ServingState, rank_batch
+from ml.scored import Scored
 
 NO_MODEL_DETAIL = (
     "no model is loaded yet: train one with `movierec train` "
@@ -76,14 +77,16 @@ def _allowed(state: ServingState, filters: Filters) -> np.ndarray:
     return allowed
 
 
-def _items(state: ServingState, scored: Sequence) -> list[Item]:
+def _items(state: ServingState, scored: Sequence[Scored]) -> list[Item]:
+    """The scored movies (``ml.scored.Scored``) with their catalogue facts, as the API shows
+    them; a predicted rating of NaN (lists that do not rate) becomes None."""
     catalogue = state.catalogue
     out: list[Item] = []
     for s in scored:
         row = catalogue.row_of.get(int(s.movie_id))
         if row is None:  # a model column no longer in the catalogue: never shown
             continue
-        predicted = getattr(s, "predicted_rating", None)
+        predicted: float | None = s.predicted_rating
         if predicted is not None and math.isnan(predicted):  # e.g. similar movies: no rating
             predicted = None
         out.append(
@@ -274,7 +277,7 @@ def predict_for_user(
 
 
 def similar_movies(state: ServingState | None, movie_id: int, n: int) -> Recommendations:
-    """Movies closest to ``movie_id`` in the model's learned item representations."""
+    """Movies most similar to ``movie_id`` by the model's item–item weights."""
     live = require_state(state)
     if movie_id not in live.catalogue.row_of:
         raise NotFoundError(f"movie {movie_id} does not exist", movie_id=movie_id)

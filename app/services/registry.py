@@ -98,7 +98,12 @@ def register_and_gate(
     if not activate_if_better:
         return version, None
     current = active_version(session)
-    gate = activation_gate(metrics, current.metrics if current else None, tolerance)
+    gate = activation_gate(
+        metrics,
+        current.metrics if current else None,
+        tolerance,
+        active_sha256=current.sha256 if current else None,
+    )
     if gate.activate:
         activate(session, version.id)
     return version, gate
@@ -132,33 +137,56 @@ class Gate:
 
 
 def activation_gate(
-    new_metrics: dict[str, Any], active_metrics: dict[str, Any] | None, tolerance: float
+    new_metrics: dict[str, Any],
+    active_metrics: dict[str, Any] | None,
+    tolerance: float,
+    *,
+    active_sha256: str | None = None,
 ) -> Gate:
     """Decide whether a new model may replace the active one.
 
-    ``*_metrics`` are the versions' ``metrics`` JSON; the compared values sit under
-    ``"validation"``. A model is activated when no gated metric is worse than the active one's
-    by more than ``tolerance`` (relative). With no active model, any model is activated. A
-    model without validation metrics (a store too small to hold ratings out) does not replace
-    one that has them; the reason says when a model is not validated.
+    ``*_metrics`` are the versions' ``metrics`` JSON. The fair comparison is the one training
+    made at finishing (``metrics["gate"]``, ``ml.fit.finish.gate_figures``): the new model and the
+    active checkpoint scored on the same held-out slice; it is used when it scored the model
+    still active (``active_sha256``). Otherwise — the active model changed meanwhile, or could
+    not be scored — each version's own ``"validation"`` figures are compared, measured on
+    different slices, and the reason says so. A model is activated when no gated metric is
+    worse than the active one's by more than ``tolerance`` (relative). With no active model,
+    any model is activated. A model without validation metrics (a store too small to hold
+    ratings out) does not replace one that has them; the reason says when a model is not
+    validated. The reason shows both figures of every gated metric.
     """
     new_val = new_metrics.get("validation") or {}
     validated = any(new_val.get(key) is not None for key, _ in GATED_METRICS)
     if not active_metrics:
         return Gate(True, "no active model" if validated else "no active model; not validated")
-    old_val = active_metrics.get("validation") or {}
     if not validated:  # nothing to compare: never silently replaces a validated model
-        if any(old_val.get(key) is not None for key, _ in GATED_METRICS):
+        active_val = active_metrics.get("validation") or {}
+        if any(active_val.get(key) is not None for key, _ in GATED_METRICS):
             return Gate(False, "not validated, unlike the active model")
         return Gate(True, "not validated, nor is the active model")
+    figures = new_metrics.get("gate") or {}
+    scored = figures.get("active") or {}
+    if active_sha256 is not None and scored.get("sha256") == active_sha256 and "new" in figures:
+        new_val, old_val = figures["new"], scored
+        where = f"on the same held-out slice of {figures.get('held_out_ratings', '?')} ratings"
+    else:
+        old_val = active_metrics.get("validation") or {}
+        why = f": {scored['error']}" if scored.get("error") else ""
+        where = (
+            "on each model's own validation slice (the active model was not scored on the new "
+            f"one's{why})"
+        )
+    compared, worse = [], []
     for key, higher_is_better in GATED_METRICS:
         new, old = new_val.get(key), old_val.get(key)
         if new is None or old is None:
             continue
+        compared.append(f"{key} {new:.4f} against the active model's {old:.4f}")
         slack = abs(old) * tolerance
-        worse = new < old - slack if higher_is_better else new > old + slack
-        if worse:
-            return Gate(
-                False, f"validation {key} {new:.4f} is worse than the active model's {old:.4f}"
-            )
-    return Gate(True, "validation metrics not worse than the active model's")
+        if new < old - slack if higher_is_better else new > old + slack:
+            worse.append(key)
+    figures_text = "; ".join(compared) if compared else "no figures to compare"
+    if worse:
+        return Gate(False, f"validation {', '.join(worse)} worse ({figures_text}, {where})")
+    return Gate(True, f"validation metrics not worse ({figures_text}, {where})")

@@ -941,7 +941,7 @@ function viewAdmin() {
   );
 }
 
-/** The training presets the page offers (the API accepts every name in `ml.train.PRESETS`). */
+/** The training presets the page offers (the API accepts every name in `ml.fit.config.PRESETS`). */
 const PRESETS = [
   ["default", "default: best ratings"],
   ["fast", "fast: cheaper to serve"],
@@ -993,9 +993,30 @@ function retrainForm(queued) {
   );
 }
 
+/** What a job is doing: its phase (loading, tuning, item codes, epochs, finishing, writing,
+ * registering) with its progress, or its elapsed seconds where the phase has no total. */
+function jobProgress(j) {
+  const p = j.progress || {};
+  const loss = p.loss ?? p.train_loss;
+  const ndcg = p.val?.["ndcg@10"];
+  const epochs = p.epochs
+    ? `epoch ${p.epoch ?? 0} of ${p.epochs}${loss != null ? `, loss ${fmt(loss)}` : ""}${ndcg != null ? `, val ndcg@10 ${fmt(ndcg)}` : ""}`
+    : "";
+  if (j.status === "succeeded") return { fraction: 1, label: epochs };
+  if (!p.phase || p.phase === "epochs") {
+    const fraction = p.epochs ? Math.min(1, (p.epoch || 0) / p.epochs) : 0;
+    return { fraction, label: p.phase ? `epochs: ${epochs}` : epochs };
+  }
+  const elapsed = p.elapsed_s != null ? `${Number(p.elapsed_s).toFixed(1)} s` : "";
+  const counted = p.total ? ` ${p.done ?? 0}/${p.total}` : "";
+  const state = p.finished ? "done" : "";
+  const label = [`${p.phase}${counted}`, state, elapsed].filter(Boolean).join(", ");
+  // A phase without a total shows an indeterminate bar and its elapsed time.
+  return { fraction: p.total ? Math.min(1, (p.done || 0) / p.total) : null, label };
+}
+
 /** One job; a queued or running one has a Cancel button (`changed()` after it answers). */
 function jobRow(j, changed) {
-  const p = j.progress || {};
   const open = j.status === "queued" || j.status === "running";
   const cancel = async (event) => {
     const button = event.currentTarget;
@@ -1008,12 +1029,9 @@ function jobRow(j, changed) {
       button.replaceWith(errorBox(error));
     }
   };
-  const fraction = p.epochs ? Math.min(1, (p.epoch || 0) / p.epochs) : j.status === "succeeded" ? 1 : 0;
-  const loss = p.loss ?? p.train_loss;
-  const ndcg = p.val?.["ndcg@10"];
-  const label = p.epochs
-    ? `epoch ${p.epoch ?? 0} of ${p.epochs}${loss != null ? `, loss ${fmt(loss)}` : ""}${ndcg != null ? `, val ndcg@10 ${fmt(ndcg)}` : ""}`
-    : "";
+  const { fraction, label } = jobProgress(j);
+  const bar = { max: "1", "aria-label": `Job ${j.id} progress` };
+  if (fraction != null) bar.value = String(fraction);
   return h(
     "tr",
     {},
@@ -1037,7 +1055,7 @@ function jobRow(j, changed) {
     h(
       "td",
       {},
-      h("progress", { max: "1", value: String(fraction), "aria-label": `Job ${j.id} progress` }),
+      h("progress", bar),
       h("span", { class: "meta" }, ` ${label}`),
     ),
     h("td", {}, j.model_version_id ? `v${j.model_version_id}` : "—"),

@@ -1,8 +1,8 @@
 """Shared pieces of the web-service tests: a tiny store, a tiny trained model, app settings.
 
 Test modules import the fixtures they need from here. The model is trained once per test
-session with ``ml.train`` on a small synthetic store (two taste groups over 30 movies), so every
-API test runs against a real checkpoint on both SQLite and PostgreSQL.
+session with ``ml.fit.pipeline`` on a small synthetic store (two taste groups over 30 movies),
+so every API test runs against a real checkpoint on both SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ def seed_store(url: str, ratings: list[tuple[int, int, float]] | None = None) ->
 
 
 def train_tiny(url: str, out_dir: Path, epochs: int = 2, seed: int = 0) -> Any:
-    """Train a tiny model on the store at ``url`` with ``ml.train``; the ``TrainResult``."""
-    from ml.train import preset, train_from_store, with_overrides
+    """Train a tiny model on the store at ``url`` with ``ml.fit.pipeline``; the ``TrainResult``."""
+    from ml.fit.config import preset, with_overrides
+    from ml.fit.pipeline import train_from_store
 
     config = with_overrides(
         preset("default"),

@@ -65,6 +65,9 @@ def test_train_recommend_predict_end_to_end(env, small_config: Path, tmp_path: P
     result = invoke("train", "--epochs", "2", "--config", str(small_config))
     assert result.exit_code == 0, result.output
     assert "rmse=" in result.output and "ndcg@10=" in result.output and "activated" in result.output
+    phases = ("loading", "tuning", "item codes", "epochs", "finishing", "writing", "registering")
+    for phase in phases:  # what training is doing, phase by phase
+        assert f"{phase} done in" in result.output, result.output
     with session_scope(env.url) as session:
         versions = list(session.scalars(select(ModelVersion)))
         assert len(versions) == 1 and versions[0].is_active

@@ -1,4 +1,4 @@
-"""``ml.train.before_batch``: called before every mini-batch of both training loops, and what
+"""``ml.fit.loop.before_batch``: called before every mini-batch of both training loops, and what
 it raises stops training at that batch (the worker's cancellation and shutdown)."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import torch
 
 from ml import tutorial
 from ml.data import validation_split
-from ml.train import Dist, TrainConfig, _n_batches, before_batch, fit
+from ml.fit.config import TrainConfig
+from ml.fit.loop import Dist, _n_batches, before_batch
+from ml.fit.pipeline import fit
 from tests.ml.test_data import random_matrix
 from tests.ml.test_train import tiny_config
 from tests.ml.test_tutorial import seed_config

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from ml.checkpoint import FORMAT_VERSION, MANIFEST, WEIGHTS, CheckpointError, load, save
+from ml.checkpoint import (
+    FORMAT_VERSION,
+    MANIFEST,
+    WEIGHTS,
+    CheckpointError,
+    load,
+    load_model,
+    save,
+)
 from ml.model import Autoencoder, ModelConfig
 from tests.ml.test_data import random_matrix
 
@@ -119,3 +127,58 @@ def test_shape_mismatch_is_reported_on_load(written: tuple[Path, Autoencoder]) -
     with pytest.raises(CheckpointError, match="do not fit the architecture"):
         Recommender.from_checkpoint(path)
     assert np.isfinite(float(model.global_mean))
+
+
+# Keys of removed modes, as checkpoints written before their removal carry them (their defaults).
+RETIRED_AS_WRITTEN = {
+    "tied": False,
+    "refeed": False,
+    "wide_trainable": False,
+    "wide_mode": "ensemble",
+    "wide_gain": 10.0,
+    "negative_weight": 0.1,
+}
+
+
+def _with_architecture(path: Path, changes: dict) -> None:
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["architecture"]["config"].update(changes)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_checkpoints_with_retired_modes_at_their_defaults_load_with_identical_answers(
+    written: tuple[Path, Autoencoder],
+) -> None:
+    """A checkpoint written before the removal of tied decoders, re-feeding, trainable or
+    summed wide paths and the weighted ranking loss (all off by default) loads as before."""
+    path, model = written
+    _with_architecture(path, RETIRED_AS_WRITTEN)
+    manifest, state = load(path)
+    assert manifest["architecture"]["config"]["wide_mode"] == "ensemble"
+    again = Autoencoder.from_architecture(manifest["architecture"])
+    again.load_state_dict(state)
+    x = torch.from_numpy(random_matrix(5, 20, seed=9).toarray())
+    with torch.no_grad():
+        for a, b in zip(model.eval()(x, x > 0), again.eval()(x, x > 0), strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"wide_mode": "sum"},
+        {"tied": True},
+        {"refeed": True},
+        {"wide_trainable": True},
+        {"ranking_loss": "weighted_mse"},
+    ],
+)
+def test_checkpoints_that_used_a_retired_mode_are_refused_with_a_retrain_message(
+    written: tuple[Path, Autoencoder], changes: dict
+) -> None:
+
+    path, _ = written
+    _with_architecture(path, changes)
+    with pytest.raises(CheckpointError, match="retrain the model"):
+        load_model(path)

@@ -13,7 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ml.data import split_per_user
-from ml.train import TrainConfig, fit, with_overrides
+from ml.fit.config import TrainConfig, with_overrides
+from ml.fit.pipeline import fit
 from tests.ml.test_checkpoint import TINY
 from tests.ml.test_data import random_matrix
 

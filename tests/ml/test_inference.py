@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -12,15 +13,18 @@ import scipy.sparse as sp
 import torch
 
 from ml.checkpoint import load, save
+from ml.fit.config import TrainConfig
+from ml.fit.pipeline import fit
 from ml.inference import HalfLinear, Recommender, Scored, half_linear_available
-from ml.model import Autoencoder
-from ml.train import TrainConfig, fit
+from ml.model import Autoencoder, user_offsets
+from ml.model.linear import cosine_neighbours
 from tests.ml.test_checkpoint import TINY
 from tests.ml.test_data import random_matrix
 
 N_ITEMS = 25
 MOVIE_IDS = np.arange(1000, 1000 + 3 * N_ITEMS, 3)  # ids are not column numbers
 USER = {1000: 5.0, 1003: 4.0, 1030: 1.5, 1060: 3.0}
+TINY_NO_EASE = dataclasses.replace(TINY, wide=False)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +116,18 @@ def test_fallback_predictions_name_their_source(rec: Recommender) -> None:
     assert all(0.5 <= p.value <= 5.0 for p in known + stranger)
 
 
+def test_the_bias_fallback_uses_the_models_own_user_offset(rec: Recommender) -> None:
+    """A movie the model lacks gets μ + b_u with the b_u the model's baseline computes (one
+    formula, one shrinkage: ``user_bias_reg``), not a second shrinkage of its own."""
+    cols, _ = rec.index_of(USER)
+    row = sp.csr_matrix((list(USER.values()), ([0] * len(cols), cols.tolist())), shape=(1, N_ITEMS))
+    item_bias = rec.model.item_bias.numpy()
+    b_u = user_offsets(row, float(rec.model.global_mean), item_bias, TINY.user_bias_reg)[0]
+    (fallback,) = rec.predict_with_fallback(USER, [5])
+    assert fallback.source == "bias"
+    assert fallback.value == pytest.approx(float(rec.model.global_mean) + b_u, abs=1e-5)
+
+
 def test_sparse_serving_path_matches_the_dense_forward(rec: Recommender) -> None:
     pred, scores = rec.score(USER)
     dense = torch.zeros(1, N_ITEMS)
@@ -141,10 +157,56 @@ def test_batched_paths_agree_with_single_requests(rec: Recommender) -> None:
 def test_similar_excludes_the_movie_itself(rec: Recommender) -> None:
     items = rec.similar(1000, n=5)
     assert len(items) == 5 and 1000 not in ids(items)
-    assert all(-1.0 - 1e-5 <= s.score <= 1.0 + 1e-5 for s in items)
+    scores = [s.score for s in items]
+    assert scores == sorted(scores, reverse=True)
     assert len(rec.similar(1000, n=1000)) == N_ITEMS - 1
     with pytest.raises(KeyError):
         rec.similar(5)
+
+
+def test_similar_movies_are_the_ease_column_of_the_movie(rec: Recommender) -> None:
+    """The item–item part answers: the movies with the largest weights B[:, col] towards it
+    (on MovieLens-100K series it finds sequels; the ranking head's rows did not)."""
+    assert rec.model.wide is not None
+    col = 4
+    weights = rec.model.wide.detach()[:, col].clone()
+    weights[col] = -math.inf
+    expected = torch.topk(weights, 6).indices.tolist()
+    items = rec.similar(int(MOVIE_IDS[col]), n=6)
+    assert ids(items) == MOVIE_IDS[expected].tolist()
+    assert [s.score for s in items] == pytest.approx(weights[expected].tolist())
+
+
+def test_similar_movies_without_ease_are_the_stored_cosine_neighbours(tmp_path: Path) -> None:
+    """Above wide_max_items (or in the tutorial model) EASE is off; similar films are each
+    movie's nearest by cosine over the rating matrix, stored in the checkpoint."""
+    train = random_matrix(30, 20)
+    model = Autoencoder.from_data(train, TINY_NO_EASE).eval()
+    assert model.wide is None and model.similar_cols is not None
+    path, _ = save(tmp_path, model, {"movie_ids": list(range(20)), "metrics": {}})
+    rec = Recommender.from_checkpoint(path)
+    cols, sims = cosine_neighbours(train, TINY_NO_EASE.similar_k)
+    items = rec.similar(3, n=5)
+    known = cols[3][cols[3] >= 0]
+    assert ids(items) == known[:5].tolist() and 3 not in ids(items)
+    assert [s.score for s in items] == pytest.approx(sims[3][: len(items)].tolist())
+    assert len(rec.similar(3, n=1000)) == len(known)  # never padding, never -inf
+
+
+def test_similar_movies_of_a_checkpoint_without_neighbours_use_the_item_embeddings(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint written before the neighbours were stored (no similar_k) keeps its
+    answers: the cosine of the ranking head's rows."""
+    config = dataclasses.replace(TINY_NO_EASE, similar_k=0)
+    model = Autoencoder.from_data(random_matrix(30, 20), config).eval()
+    assert model.wide is None and model.similar_cols is None
+    path, _ = save(tmp_path, model, {"movie_ids": list(range(20)), "metrics": {}})
+    rec = Recommender.from_checkpoint(path)
+    unit = torch.nn.functional.normalize(model.item_embeddings(), dim=1)
+    sims = unit @ unit[3]
+    sims[3] = -math.inf
+    assert ids(rec.similar(3, n=5)) == torch.topk(sims, 5).indices.tolist()
 
 
 def test_popular_follows_the_training_counts(rec: Recommender) -> None:

@@ -22,12 +22,13 @@ from ml.model import (
     tune_ease_lambda,
     tune_ridge_lambda,
 )
+from ml.model.linear import cosine_neighbours
 
 CONFIGS = {
     "default": ModelConfig(),
-    "tied-deep": ModelConfig(hidden=(16, 8), tied=True, activation="selu", dropout=0.2),
-    "weighted": ModelConfig(hidden=(12,), ranking_loss="weighted_mse", wide=False),
-    "sum-refeed": ModelConfig(hidden=(12,), wide_mode="sum", refeed=True, normalise=False),
+    "deep": ModelConfig(hidden=(16, 8), activation="selu", dropout=0.2),
+    "no-wide": ModelConfig(hidden=(12,), wide=False),
+    "unnormalised": ModelConfig(hidden=(12,), wide_mix=0.05, normalise=False),
     "tutorial": ModelConfig.tutorial(),
 }
 
@@ -58,7 +59,6 @@ def test_forward_and_loss_shapes(name: str) -> None:
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert parts["loss"] == pytest.approx(float(loss.detach()))
     assert ("ranking" in parts) == (CONFIGS[name].ranking_loss != "none")
-    assert ("refeed_mse" in parts) == CONFIGS[name].refeed
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -345,3 +345,18 @@ def test_top_k_columns_with_fewer_allowed_columns_than_k() -> None:
     assert torch.equal(values, want.values)  # the same values, −inf in the tail
     assert cols[0, :2].tolist() == [87_000, 5] and cols[1, 0].item() == 40_000
     assert int(cols.max()) < scores.shape[1]
+
+
+def test_cosine_neighbours_match_the_dense_cosine_in_any_chunking() -> None:
+    m = random_ratings(40, 30, density=0.3)
+    x = (m.toarray() != 0).astype(np.float64)
+    norms = np.linalg.norm(x, axis=0)
+    cosine = (x.T @ x) / np.outer(norms, norms)
+    np.fill_diagonal(cosine, -1.0)
+    for chunk in (1, 7, 512):
+        cols, sims = cosine_neighbours(m, 5, chunk=chunk)
+        assert cols.shape == sims.shape == (30, 5)
+        for j in range(30):
+            assert j not in cols[j]
+            assert np.allclose(sims[j], np.sort(cosine[:, j])[::-1][:5], atol=1e-6)
+            assert np.allclose(cosine[cols[j], j], sims[j], atol=1e-6)

@@ -18,9 +18,10 @@ from ml.baselines import EASE
 from ml.checkpoint import save
 from ml.data import split_per_user
 from ml.evaluate import autoencoder_scorer, ranking_metrics
+from ml.fit.config import TrainConfig
+from ml.fit.loop import validate
 from ml.inference import Recommender
 from ml.model import Autoencoder, ModelConfig, SparseUsers, ranks_as_scores
-from ml.train import TrainConfig, validate
 from tests.ml.test_data import random_matrix
 from tests.ml.test_item_codes import SMALL, with_codes
 

@@ -10,21 +10,22 @@ import scipy.sparse as sp
 import torch
 
 from ml.data import densify, pack_rows, split_per_user
+from ml.fit.config import TrainConfig
+from ml.fit.loop import make_optimizer, validate
+from ml.fit.pipeline import fit
 from ml.model import Autoencoder, ModelConfig
-from ml.train import TrainConfig, fit, make_optimizer, validate
 from tests.ml.test_model import random_ratings
 
-# Models without the paths that read whole rows (wide, residual ridge, refeed): every knob the
-# packed objective has to reproduce — baseline or not, normalised or not, one input or both,
-# deep/tied stacks, code dropout, both ranking losses, no ranking head, zero loss weights.
+# Models without the paths that read whole rows (wide, residual ridge): every knob the packed
+# objective has to reproduce — baseline or not, normalised or not, one input or both, deep
+# stacks, code dropout, the ranking loss or no ranking head, zero loss weights.
 SPARSE_CONFIGS = {
     "large-catalogue default": ModelConfig(wide=False, wide_rating=False, item_codes=0),
-    "deep-tied": ModelConfig(
-        hidden=(16, 8), tied=True, activation="selu", dropout=0.2, wide=False, wide_rating=False
+    "deep": ModelConfig(
+        hidden=(16, 8), activation="selu", dropout=0.2, wide=False, wide_rating=False
     ),
-    "weighted-unnormalised": ModelConfig(
+    "unnormalised": ModelConfig(
         hidden=(12,),
-        ranking_loss="weighted_mse",
         normalise=False,
         binary_input=False,
         wide=False,
@@ -107,8 +108,6 @@ def test_models_with_row_reading_paths_refuse_the_packed_objective() -> None:
     assert not model.sparse_training()
     with pytest.raises(ValueError, match="dense rows"):
         model.loss_sparse(*pack_rows(train, np.arange(4)))
-    refeed = Autoencoder.from_data(train, ModelConfig(wide=False, wide_rating=False, refeed=True))
-    assert not refeed.sparse_training()
 
 
 def test_pack_rows_matches_the_csr_rows() -> None:

@@ -1,4 +1,4 @@
-"""ml.train: the loss falls, the best epoch is restored, seeds repeat, store → checkpoint."""
+"""ml.fit: the loss falls, the best epoch is restored, seeds repeat, store → checkpoint."""
 
 from __future__ import annotations
 
@@ -15,23 +15,11 @@ import torch
 from ml import metrics
 from ml.checkpoint import load
 from ml.data import split_per_user
+from ml.fit.config import PRESETS, TrainConfig, preset, read_config_file, with_overrides
+from ml.fit.finish import finish
+from ml.fit.loop import Dist, _ndcg_recall_sums, lr_factor, shard, validate
+from ml.fit.pipeline import best_metrics, fit, train_from_store
 from ml.model import ModelConfig
-from ml.train import (
-    PRESETS,
-    Dist,
-    TrainConfig,
-    _ndcg_recall_sums,
-    best_metrics,
-    finish,
-    fit,
-    lr_factor,
-    preset,
-    read_config_file,
-    shard,
-    train_from_store,
-    validate,
-    with_overrides,
-)
 from tests.ml.test_checkpoint import TINY
 from tests.ml.test_data import insert_store, random_matrix
 
@@ -183,6 +171,67 @@ def test_train_from_store_writes_a_complete_checkpoint(database, tmp_path: Path)
     assert len((result.path / "history.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_rebuilt_model_scores_as_the_active_one_on_the_same_slice(
+    database, tmp_path: Path
+) -> None:
+    """The gate's figures: the same training twice gives the same model, and scored on one
+    slice the two get the same figures (the issue's refusal compared two different slices)."""
+    rng = np.random.default_rng(1)
+    movies = list(range(1, 21))
+    ratings = [
+        (u, m, float(rng.integers(1, 11)) / 2)
+        for u in range(1, 31)
+        for m in rng.choice(movies, size=8, replace=False).tolist()
+    ]
+    insert_store(database.engine, movies=movies, ratings=ratings)
+    config = tiny_config(epochs=2, val_frac=0.2)
+    first = train_from_store(database.url, tmp_path / "a", config)
+    assert first is not None and "gate" not in first.metrics
+    second = train_from_store(database.url, tmp_path / "b", config, active=first.path)
+    assert second is not None
+    gate = second.metrics["gate"]
+    assert gate["active"]["sha256"] == first.sha256
+    assert gate["held_out_ratings"] == gate["new"]["n_ratings"] > 0
+    assert gate["new"] == {k: v for k, v in gate["active"].items() if k not in ("path", "sha256")}
+    missing = train_from_store(database.url, tmp_path / "c", config, active=tmp_path / "gone")
+    assert missing is not None and "gone" in missing.metrics["gate"]["active"]["error"]
+
+
+def test_the_gate_scores_both_models_on_the_ratings_of_movies_both_know(tmp_path: Path) -> None:
+    """A movie added since the active model was trained: its held-out ratings are left out of
+    both figures (the active model can neither rank nor rate it), every other one counts."""
+    from ml.data import RatingsData, build_matrix, validation_split
+
+    rng = np.random.default_rng(2)
+    rows = [
+        (u, m, float(rng.integers(1, 11)) / 2)
+        for u in range(1, 31)
+        for m in rng.choice(np.arange(1, 21), size=8, replace=False).tolist()
+    ]
+
+    def data(triples: list, movies: list[int]) -> RatingsData:
+        arr = np.array(triples, dtype=np.float64)
+        catalogue = np.array(movies, dtype=np.int64)
+        matrix, users = build_matrix(
+            arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], catalogue
+        )
+        return RatingsData(matrix, users, catalogue, None)
+
+    config = tiny_config(epochs=2, val_frac=0.2)
+    first = train_from_store("", tmp_path / "a", config, data=data(rows, list(range(1, 21))))
+    assert first is not None
+    grown = data(rows + [(u, 21, 4.0) for u in range(1, 31)], list(range(1, 22)))
+    second = train_from_store("", tmp_path / "b", config, data=grown, active=first.path)
+    assert second is not None
+    _, val = validation_split(grown.matrix, config.val_frac, config.seed)
+    new_movie = int(val[:, 20].nnz)
+    assert new_movie > 0  # the slice holds ratings of the new movie
+    gate = second.metrics["gate"]
+    assert gate["held_out_ratings"] == val.nnz - new_movie
+    assert gate["new"]["n_ratings"] == gate["active"]["n_ratings"] == val.nnz - new_movie
+    assert np.isfinite(gate["active"]["rmse"]) and np.isfinite(gate["new"]["rmse"])
+
+
 def test_finish_uses_the_validation_slice_then_refits_ease_on_every_rating(split) -> None:
     from ml.model import ease_weights
 
@@ -227,7 +276,7 @@ def _tiny_toml(tmp_path: Path) -> Path:
 
 
 def test_module_entry_point_writes_a_checkpoint(database, tmp_path: Path, capsys) -> None:
-    from ml.train import main
+    from ml.fit.pipeline import main
 
     _tiny_store(database)
     out = tmp_path / "models"

@@ -1,4 +1,4 @@
-"""ml.tutorial: the hand-written loop of the seed preset against ml.train's autograd loop."""
+"""ml.tutorial: the hand-written loop of the seed preset against ml.fit.loop's autograd loop."""
 
 from __future__ import annotations
 
@@ -14,18 +14,10 @@ import torch
 
 from ml import tutorial
 from ml.data import validation_split
+from ml.fit.config import TrainConfig, preset, with_overrides
+from ml.fit.loop import Dist, _Objective, _train_epoch, make_optimizer, validate
+from ml.fit.pipeline import fit
 from ml.model import Autoencoder
-from ml.train import (
-    Dist,
-    TrainConfig,
-    _Objective,
-    _train_epoch,
-    fit,
-    make_optimizer,
-    preset,
-    validate,
-    with_overrides,
-)
 from tests.ml.test_data import random_matrix
 
 CPU = torch.device("cpu")
@@ -54,7 +46,7 @@ def run_both(
     fast: TrainConfig,
     epochs: int,
 ) -> list[dict[str, float]]:
-    """Train one float64 model with ml.train's autograd loop under ``reference`` and a copy
+    """Train one float64 model with ml.fit.loop's autograd loop under ``reference`` and a copy
     with the hand-written loop under ``fast``, epoch by epoch; per epoch the largest parameter
     difference and both loops' loss parts and validation metrics."""
     torch.manual_seed(reference.seed)
@@ -116,7 +108,7 @@ def test_the_comparison_sees_a_small_change_of_the_maths(split, changes) -> None
 
 
 def test_fit_hands_the_seed_preset_to_the_hand_written_loop(split, monkeypatch, tmp_path) -> None:
-    """End to end in float32: ml.train.fit through ml.tutorial against ml.train.fit's own loop,
+    """End to end in float32: ml.fit.pipeline.fit through ml.tutorial against the autograd loop,
     same history (keys, epochs, restored epoch, figures up to float32 rounding) and weights."""
     train, val = split
     calls = []

@@ -58,7 +58,7 @@ async def get_movie(session: SessionDep, movie_id: MovieId) -> MovieOut:
 
 @router.get(
     "/{movie_id}/similar",
-    summary="Movies similar to this one (learned item vectors)",
+    summary="Movies similar to this one (the model's item–item weights)",
     responses=problem_responses(404, 422, 503),
 )
 async def similar_movies(

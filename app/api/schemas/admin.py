@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.schemas.common import UtcDatetime, json_integer
-from ml.train import PRESETS
+from ml.fit.config import PRESETS
 
 if TYPE_CHECKING:
     PresetName = str
@@ -19,10 +19,10 @@ class RetrainRequest(BaseModel):
     model_config = ConfigDict(strict=True)  # a boolean is not a number, nor a string
 
     epochs: int | None = Field(None, ge=1, le=10_000, description="Override the preset's epochs.")
-    # An enum of ml.train.PRESETS: an unknown preset is refused here (and the document lists
+    # An enum of ml.fit.config.PRESETS: an unknown preset is refused here (and the document lists
     # the names), not by the worker after the job was queued.
     preset: PresetName | None = Field(
-        None, description="Training preset name (`ml.train.PRESETS`); `default` when omitted."
+        None, description="Training preset name (`ml.fit.config.PRESETS`); `default` when omitted."
     )
 
     _integers = field_validator("epochs", mode="before")(json_integer)
@@ -41,7 +41,9 @@ class JobOut(BaseModel):
     status: str = Field(description="queued, running, succeeded, failed or cancelled.")
     params: dict[str, Any] = Field(description="Training overrides asked for.")
     progress: dict[str, Any] = Field(
-        description="Latest progress: epoch, epochs, loss and validation metrics."
+        description="Latest progress: the phase (loading, tuning, item codes, epochs, finishing, "
+        "writing, registering) with done, total (null when unknown), elapsed_s and finished; "
+        "epoch, epochs, loss and validation metrics."
     )
     error: str | None = Field(description="Why the job failed, when it did.")
     message: str | None = Field(description="Outcome, e.g. why the new model was not activated.")

@@ -10,12 +10,11 @@ first hidden layer, and two linear heads read that:
   movies the user has not rated never contribute), as residuals on
   ``global mean + movie bias + user offset`` when ``config.baseline`` is on;
 * the **ranking head** scores every movie, rated or not, trained with the multinomial
-  log-likelihood of the binarised row (Mult-DAE) or a weighted reconstruction of the binary row.
+  log-likelihood of the binarised row (Mult-DAE).
   A *wide* linear path — an item × item matrix with a zero diagonal applied to the binary row,
-  the closed-form EASE solution of the training matrix — sits beside the deep stack: by default
-  (``wide_mode="ensemble"``) the deep head learns on its own and the served score is
-  ``EASE score + wide_mix · log-softmax(deep logits)``; with ``wide_mode="sum"`` the two logits
-  are added and trained together.
+  the closed-form EASE solution of the training matrix — sits beside the deep stack: the deep
+  head learns on its own and the served score is
+  ``EASE score + wide_mix · log-softmax(deep logits)``.
 * A second wide path feeds the rating head: an item × item ridge regression (zero diagonal) of a
   user's residual ratings on the other residuals, solved in closed form from the training matrix,
   with a learned gain.
@@ -49,379 +48,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ml import metrics
+from ml.model.baseline import bias_statistics, residual_matrix, user_offset
+from ml.model.config import ACTIVATIONS, ModelConfig
+from ml.model.item_codes import fold_in_codes, fold_in_duals, train_item_codes
+from ml.model.linear import (
+    _dense_rows,
+    cosine_neighbours,
+    ease_weights,
+    ridge_item_weights,
+    tune_ease_lambda,
+    tune_ridge_lambda,
+)
+from ml.model.ranking import _clearly_better, ranks_as_scores, top_k_columns
+from ml.progress import phase
 
 logger = logging.getLogger(__name__)
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "selu": nn.SELU,
-    "elu": nn.ELU,
-    "relu": nn.ReLU,
-    "lrelu": nn.LeakyReLU,
-    "gelu": nn.GELU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "identity": nn.Identity,
-}
-RANKING_LOSSES = ("multinomial", "weighted_mse", "none")
-FOLD_IN_GROUP = 32  # users per batched solve of the item-code fold-in (sorted by #ratings)
-TOP_K_CHUNK = 256  # columns per chunk of ``top_k_columns``' first pass
-
-
-@dataclass
-class ModelConfig:
-    """Every knob of the autoencoder; the defaults are the best measured on MovieLens-100K
-    validation data (see docs/model.md)."""
-
-    hidden: tuple[int, ...] = (256,)  # encoder sizes, input side first; the decoder mirrors them
-    activation: str = "tanh"  # one of ACTIVATIONS, applied after every hidden layer
-    dropout: float = 0.5  # dropout on the code (the innermost layer), train mode only
-    input_dropout: float = 0.5  # denoising: fraction of a user's ratings hidden from the input
-    tied: bool = False  # decoder layers reuse the transposed encoder weights
-    baseline: bool = True  # rating head predicts residuals on global mean + movie + user biases
-    item_bias_reg: float = 5.0  # shrinkage of movie biases toward 0 (pseudo-ratings)
-    user_bias_reg: float = 3.0  # shrinkage of the user offset computed from the input row
-    rating_input: bool = True  # feed the (residual) ratings to the encoder
-    binary_input: bool = True  # feed the binary "has rated" row to the encoder
-    normalise: bool = True  # scale input rows by 1/sqrt(#ratings of the user)
-    wide: bool = True  # item × item linear path (zero diagonal) on the binary row → ranking
-    wide_lambda: float = 500.0  # L2 of the closed-form EASE solution (the tuned one, if tuned)
-    wide_lambdas: tuple[float, ...] = (50.0, 100.0, 200.0, 350.0, 500.0, 750.0, 1000.0, 2000.0)
-    # ^ candidates for wide_lambda, chosen by from_data on a validation slice; () = no tuning
-    wide_trainable: bool = False  # fine-tune the wide path (else it stays the EASE solution)
-    wide_mode: str = "ensemble"  # "sum": wide + deep logits trained together; "ensemble": the
-    # deep ranking head is trained alone (Mult-DAE) and served as wide + wide_mix · log-softmax
-    wide_gain: float = 10.0  # "sum": initial value of the learned scale of the wide logits
-    wide_mix: float = 0.05  # "ensemble": weight of the deep log-probabilities beside EASE
-    wide_mixes: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05)  # candidates for wide_mix that
-    # choose_wide_mix tries on held-out ratings the deep head never saw
-    wide_max_items: int = 8000  # no wide paths above this catalogue size (I × I weights)
-    wide_rating: bool = True  # item × item linear path (zero diagonal) on residuals → ratings
-    wide_rating_lambda: float = 1000.0  # L2 of its closed-form ridge solution (see from_data)
-    wide_rating_lambdas: tuple[float, ...] = ()  # candidates for wide_rating_lambda and its
-    # initial gain, chosen on a validation slice; () = none (tuning them did not help, model.md)
-    wide_rating_gain: float = 4.0  # initial learned scale of that path (the ridge fit shrinks)
-    tune_frac: float = 0.2  # share of the training ratings held out to tune the two λ
-    tune_seed: int = 0  # seed of that validation slice
-    ranking_loss: str = "multinomial"  # "multinomial", "weighted_mse" or "none"
-    negative_weight: float = 0.1  # weighted_mse: weight of an unrated movie vs a rated one
-    rating_weight: float = 10.0  # weight of the masked rating MSE in the objective
-    ranking_weight: float = 1.0  # weight of the ranking objective
-    refeed: bool = False  # DeepRecommender dense re-feeding: a second pass on the predictions
-    # Item-code rating path: an item-row autoencoder (one sigmoid layer over a movie's column of
-    # ratings, linear decoder, masked MSE, L2) is trained by from_data; its codes h_i (I × d)
-    # are frozen and a user's vector is folded in at inference time by ridge regression of the
-    # user's residuals on the codes of the movies they rated. Its weight beside the other
-    # rating paths is fitted by calibrate_rating_paths (0, the path unused, until then).
-    item_codes: int = 500  # code size d; 0 = no item-code path (also off above wide_max_items)
-    item_code_lambda: float = 100.0  # L2 of the per-user ridge fold-in
-    item_code_l2: float = 200.0  # L2 of the item autoencoder (AutoRec's scale: λ/2 · ‖W‖²)
-    item_code_epochs: int = 20  # passes of Adam over the movies
-    item_code_lr: float = 1e-3  # Adam's learning rate for the item autoencoder
-    item_code_batch: int = 64  # movies per step
-    item_code_max_cells: int = 50_000_000  # no item-code path when users × movies exceeds this
-    # (the item autoencoder's cost and its encoder's size grow with the number of users)
-    # Re-ranking: the best `rerank_candidates` movies of the ranking score are ordered again by
-    # score + rerank_weight · log P(rating ≥ threshold), P from the predicted rating under a
-    # normal spread `rerank_sigma` (the rating paths' RMSE on held-out ratings, set by
-    # calibrate_rating_paths); only those candidates are rated. 0 = the ranking score's order.
-    # choose_rerank sets the weight from `rerank_weights` on held-out ratings (docs/model.md).
-    rerank_weight: float = 0.0
-    rerank_weights: tuple[float, ...] = (0.1,)  # candidates (chosen on validation slices)
-    rerank_candidates: int = 50  # K': how many of the best-scored movies are re-ranked
-    rerank_threshold: float = 3.5  # a rating above it counts as liked (relevance = rating ≥ 4)
-    rerank_sigma: float = 0.9  # spread of a rating around its prediction
-
-    def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.wide_lambdas = tuple(float(v) for v in self.wide_lambdas)
-        self.wide_mixes = tuple(float(v) for v in self.wide_mixes)
-        self.rerank_weights = tuple(float(v) for v in self.rerank_weights)
-        if min((self.rerank_weight, *self.rerank_weights)) < 0 or self.rerank_candidates < 1:
-            raise ValueError("rerank weights must be >= 0 and rerank_candidates >= 1")
-        if self.rerank_sigma <= 0:
-            raise ValueError(f"rerank_sigma must be > 0, got {self.rerank_sigma}")
-        if min((self.wide_mix, *self.wide_mixes)) < 0:
-            raise ValueError("wide_mix and its candidates must be non-negative")
-        self.wide_rating_lambdas = tuple(float(v) for v in self.wide_rating_lambdas)
-        lambdas = (self.wide_lambda, self.wide_rating_lambda)
-        if min((*lambdas, *self.wide_lambdas, *self.wide_rating_lambdas)) <= 0:
-            raise ValueError(
-                "every wide-path λ (wide_lambda(s), wide_rating_lambda(s)) must be > 0"
-            )
-        if not 0.0 < self.tune_frac < 1.0:
-            raise ValueError(f"tune_frac must be in (0, 1), got {self.tune_frac}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(
-                f"hidden must be a non-empty list of positive sizes, got {self.hidden}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}"
-            )
-        if self.ranking_loss not in RANKING_LOSSES:
-            raise ValueError(
-                f"unknown ranking_loss {self.ranking_loss!r}; choose one of {RANKING_LOSSES}"
-            )
-        for name in ("dropout", "input_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if not (self.rating_input or self.binary_input):
-            raise ValueError("at least one of rating_input and binary_input must be on")
-        if self.wide_mode not in ("sum", "ensemble"):
-            raise ValueError(f"wide_mode must be 'sum' or 'ensemble', got {self.wide_mode!r}")
-        if self.rating_weight < 0 or self.ranking_weight < 0:
-            raise ValueError("loss weights must be non-negative")
-        if self.item_codes < 0 or self.item_code_epochs < 0 or self.item_code_batch < 1:
-            raise ValueError("item_codes and item_code_epochs must be >= 0, item_code_batch >= 1")
-        if self.item_code_lambda <= 0 or self.item_code_l2 < 0 or self.item_code_lr <= 0:
-            raise ValueError("item_code_lambda and item_code_lr must be > 0, item_code_l2 >= 0")
-
-    @classmethod
-    def tutorial(cls) -> ModelConfig:
-        """The tutorial's model: 20-10-20 sigmoid on raw ratings, MSE on rated entries only."""
-        return cls(
-            hidden=(20, 10),
-            activation="sigmoid",
-            dropout=0.0,
-            input_dropout=0.0,
-            rating_weight=1.0,
-            baseline=False,
-            binary_input=False,
-            normalise=False,
-            wide=False,
-            wide_rating=False,
-            ranking_loss="none",
-            item_codes=0,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (tuples become lists)."""
-        out = dataclasses.asdict(self)
-        for key in (
-            "hidden",
-            "wide_lambdas",
-            "wide_rating_lambdas",
-            "wide_mixes",
-            "rerank_weights",
-        ):
-            out[key] = list(out[key])
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Inverse of ``to_dict``; unknown keys are an error, missing keys take defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**values)
-
-
-def _zero_diagonal_solution(p: np.ndarray) -> np.ndarray:
-    """EASE's constrained solution from P = (G + λI)⁻¹: B = −P / diag(P) with diag(B) = 0."""
-    b = -p / np.diag(p)[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    return b
-
-
-class GramSolver:
-    """Closed-form zero-diagonal ridge solutions of one Gram matrix G for many λ.
-
-    G = VSVᵀ is decomposed once; (G + λI)⁻¹ = V diag(1/(s + λ)) Vᵀ then costs two matrix
-    products per λ instead of a fresh inverse, which is what makes tuning λ cheap."""
-
-    def __init__(self, gram: np.ndarray) -> None:
-        self.values, self.vectors = np.linalg.eigh(gram)  # (I,), (I, I)
-        self.values = np.clip(self.values, 0.0, None)  # G is PSD; drop round-off negatives
-
-    def solve(self, lam: float) -> np.ndarray:
-        """B = I − P / diag(P), P = (G + λI)⁻¹: (I, I) float64, zero diagonal."""
-        p = (self.vectors / (self.values + lam)[None, :]) @ self.vectors.T
-        return _zero_diagonal_solution(p)
-
-
-def _binary_gram(train: sp.csr_matrix) -> np.ndarray:
-    x = (train > 0).astype(np.float64)
-    return np.asarray((x.T @ x).toarray())  # (I, I)
-
-
-def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
-    """Closed-form EASE (Steck 2019) on the binarised matrix: B = I - P / diag(P),
-    P = (XᵀX + λI)⁻¹; the diagonal of B is exactly zero. Returns (I, I) float32."""
-    gram = _binary_gram(train)
-    gram[np.diag_indices_from(gram)] += lam
-    return _zero_diagonal_solution(np.linalg.inv(gram)).astype(np.float32)
-
-
-def tune_ease_lambda(
-    train: sp.csr_matrix, lambdas: Sequence[float], frac: float, seed: int
-) -> tuple[float | None, dict[float, float]]:
-    """The EASE λ with the best NDCG@10 on a per-user validation slice of ``train`` (the
-    protocol of ``ml.baselines.EASE.tuned``; relevance = held-out rating ≥ 4).
-
-    Returns (best λ, {λ: validation NDCG@10}); best is None when the slice holds no relevant
-    rating (too little data to tune)."""
-    from ml.data import split_per_user  # deferred: ml.data is heavier than this module
-
-    fit_part, val_part = split_per_user(train, frac, seed)
-    relevant = metrics.relevance(val_part)  # (U, I)
-    users = np.flatnonzero(relevant.any(axis=1))
-    if users.size == 0 or fit_part.nnz == 0:
-        return None, {}
-    solver = GramSolver(_binary_gram(fit_part))
-    x = (fit_part[users] > 0).astype(np.float64)  # (V, I)
-    results: dict[float, float] = {}
-    for lam in lambdas:
-        scores = metrics.mask_seen(np.asarray(x @ solver.solve(lam)), fit_part[users])
-        results[float(lam)] = float(np.nanmean(metrics.ndcg_at_k(scores, relevant[users], 10)))
-    return max(results, key=lambda k: results[k]), results
-
-
-def bias_statistics(train: sp.csr_matrix, item_reg: float) -> tuple[float, np.ndarray]:
-    """Global mean of the observed ratings and shrunk movie biases
-    b_i = Σ_u (r_ui − μ) / (n_i + item_reg); a movie nobody rated gets 0."""
-    csc = train.tocsc()
-    if csc.nnz == 0:
-        raise ValueError("the training matrix has no ratings")
-    mu = float(csc.data.mean())
-    counts = np.diff(csc.indptr)  # (I,)
-    sums = np.asarray(csc.sum(axis=0)).ravel() - mu * counts  # (I,)
-    return mu, (sums / (counts + item_reg)).astype(np.float32)
-
-
-def user_offsets(
-    train: sp.csr_matrix, mu: float, item_bias: np.ndarray, user_reg: float
-) -> np.ndarray:
-    """(U,) user offsets b_u = Σ(r − μ − b_i) / (n_u + ``user_reg``), computed from each row
-    exactly as the forward pass does."""
-    coo = sp.coo_matrix(train, dtype=np.float64)
-    dev = coo.data - mu - item_bias[coo.col]  # (nnz,)
-    counts = np.bincount(coo.row, minlength=train.shape[0])
-    return np.bincount(coo.row, dev, minlength=train.shape[0]) / (counts + user_reg)
-
-
-def residual_matrix(
-    train: sp.csr_matrix, mu: float, item_bias: np.ndarray, user_reg: float
-) -> sp.csr_matrix:
-    """Observed ratings minus the model's baseline μ + b_i + b_u (see ``user_offsets``)."""
-    coo = sp.coo_matrix(train, dtype=np.float64)
-    user_bias = user_offsets(train, mu, item_bias, user_reg)
-    dev = coo.data - mu - item_bias[coo.col] - user_bias[coo.row]  # (nnz,)
-    return sp.csr_matrix((dev, (coo.row, coo.col)), shape=train.shape)
-
-
-def _clearly_better(values: np.ndarray, reference: np.ndarray | None) -> bool:
-    """Whether per-user ``values`` beat ``reference`` by more than two standard errors of the
-    paired difference (users where either is NaN ignored); True without a reference."""
-    if reference is None:
-        return True
-    diff = values - reference
-    diff = diff[np.isfinite(diff)]
-    if diff.size < 2:
-        return False
-    return bool(diff.mean() > 2.0 * diff.std(ddof=1) / np.sqrt(diff.size))
-
-
-def top_k_columns(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``torch.topk(scores, k, dim=1)`` as (values, indices) (B, k), best first, for rows of
-    scores; on wide rows in two passes: the row's leading columns cut into chunks of
-    ``TOP_K_CHUNK`` (a view when rows are contiguous), the k chunks with the largest maxima
-    kept, and the top k taken among their k · chunk columns and the few columns past the last
-    whole chunk.
-    Exact: a chunk holding one of the row's k best values has a maximum at least that large,
-    so it is among the k chunks with the largest maxima. Only ties may pick other columns.
-    On an 87,000-column batch of 8, k = 10: about 0.6 ms against 2.0 ms for ``torch.topk``."""
-    n_b, n = scores.shape
-    n_chunks = n // TOP_K_CHUNK
-    if k <= 0 or n_chunks < 4 * k:  # narrow rows: one pass is as fast
-        top = torch.topk(scores, k, dim=1)
-        return top.values, top.indices
-    whole = n_chunks * TOP_K_CHUNK
-    chunks = scores[:, :whole].reshape(n_b, n_chunks, TOP_K_CHUNK)  # a view of contiguous rows
-    best = torch.topk(chunks.amax(2), k, dim=1).indices  # (B, k) chunks
-    picked = chunks.gather(1, best.unsqueeze(2).expand(n_b, k, TOP_K_CHUNK))  # (B, k, chunk)
-    within = torch.arange(TOP_K_CHUNK, device=scores.device)
-    cols = (best.unsqueeze(2) * TOP_K_CHUNK + within).reshape(n_b, k * TOP_K_CHUNK)
-    values = picked.reshape(n_b, k * TOP_K_CHUNK)
-    if whole < n:  # the columns past the last whole chunk are always candidates
-        tail = torch.arange(whole, n, device=scores.device).expand(n_b, -1)
-        values, cols = torch.cat([values, scores[:, whole:]], 1), torch.cat([cols, tail], 1)
-    top = torch.topk(values, k, dim=1)
-    return top.values, cols.gather(1, top.indices)
-
-
-def ranks_as_scores(cols: np.ndarray, vals: np.ndarray, n_items: int) -> np.ndarray:
-    """(B, I) scores whose order is the ranked lists ``cols`` (B, k), best first: k − rank at
-    the listed columns (−inf where ``vals`` is −inf: nothing was left to list), −inf elsewhere.
-    For metrics that read a top-k of at most k from full score rows."""
-    out = np.full((cols.shape[0], n_items), -np.inf)
-    ranks = np.arange(cols.shape[1], 0, -1, dtype=np.float64)
-    np.put_along_axis(out, cols, np.where(np.isfinite(vals), ranks, -np.inf), axis=1)
-    return out
-
-
-def _dense_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ratings (B, I) float32, observed mask (B, I) bool) of the given rows of ``m``."""
-    dense = np.asarray(sp.csr_matrix(m)[rows].toarray(), dtype=np.float32)
-    return dense, dense != 0
-
-
-def _entries_of_product(
-    left: sp.csr_matrix, right: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1024
-) -> np.ndarray:
-    """``(left @ right)[rows, cols]`` without building the whole (U, I) product: the rows are
-    multiplied ``chunk`` users at a time."""
-    out = np.zeros(rows.size)
-    users = np.unique(rows)
-    for start in range(0, users.size, chunk):
-        block = users[start : start + chunk]
-        dense = np.asarray(left[block] @ right)  # (B, I)
-        local = np.searchsorted(block, rows)
-        sel = (local < block.size) & (block[np.minimum(local, block.size - 1)] == rows)
-        out[sel] = dense[local[sel], cols[sel]]
-    return out
-
-
-def ridge_item_weights(resid: sp.csr_matrix, lam: float) -> np.ndarray:
-    """EASE's closed form on residual ratings: W = argmin ‖R − RW‖² + λ‖W‖², diag(W) = 0,
-    treating an unobserved residual as 0 (its expectation). (I, I) float32."""
-    gram = np.asarray((resid.T @ resid).toarray())  # (I, I)
-    gram[np.diag_indices_from(gram)] += lam
-    return _zero_diagonal_solution(np.linalg.inv(gram)).astype(np.float32)
-
-
-def tune_ridge_lambda(
-    train: sp.csr_matrix, config: ModelConfig, lambdas: Sequence[float], frac: float, seed: int
-) -> tuple[float | None, float, dict[float, float]]:
-    """The residual ridge's λ and gain with the best RMSE on a random validation slice of
-    ``train``'s ratings (protocol (a)'s kind of split).
-
-    For each λ the ridge is solved on the rest; a held-out rating is predicted as
-    μ + b_i + b_u + g · (user's residuals @ W)_i, with the gain g fitted in closed form (least
-    squares on the slice). Returns (best λ, its gain, {λ: validation RMSE}); λ is None when the
-    slice is empty."""
-    from ml.data import split_ratings  # deferred: ml.data is heavier than this module
-
-    fit_part, val_part = split_ratings(train, frac, seed)
-    if val_part.nnz == 0 or fit_part.nnz == 0:
-        return None, config.wide_rating_gain, {}
-    mu, item_bias = bias_statistics(fit_part, config.item_bias_reg)
-    resid = residual_matrix(fit_part, mu, item_bias, config.user_bias_reg)
-    user_bias = user_offsets(fit_part, mu, item_bias, config.user_bias_reg)  # (U,)
-    val = val_part.tocoo()
-    target = val.data - mu - item_bias[val.col] - user_bias[val.row]  # (n_val,)
-    solver = GramSolver(np.asarray((resid.T @ resid).toarray()))
-    results: dict[float, tuple[float, float]] = {}
-    base = mu + item_bias[val.col] + user_bias[val.row]  # (n_val,)
-    low, high = float(train.data.min()), float(train.data.max())
-    for lam in lambdas:
-        signal = _entries_of_product(resid, solver.solve(lam), val.row, val.col)  # (n_val,)
-        gain = float(signal @ target / max(float(signal @ signal), 1e-12))
-        pred = np.clip(base + gain * signal, low, high)
-        results[float(lam)] = (float(np.sqrt(np.mean((pred - val.data) ** 2))), gain)
-    best = min(results, key=lambda k: results[k][0])
-    return best, results[best][1], {k: v[0] for k, v in results.items()}
 
 
 @dataclass
@@ -438,205 +79,6 @@ class SparseUsers:
     wide: Tensor | None  # (B, I) EASE scores, zero diagonal (None without that path)
     code_alpha: Tensor | None  # (N,) item-code dual coefficients, packed like ``indices``
     # (``fold_in_duals``; None when that path is off)
-
-
-def train_item_codes(train: sp.csr_matrix, config: ModelConfig) -> np.ndarray:
-    """The item-row autoencoder's codes: (I, d) float32, d = ``config.item_codes``.
-
-    A movie is its column of ratings over the training users (0 = unrated). One sigmoid layer
-    h_i = σ(r_i V + c) encodes it and a linear layer r̂_i = h_i W + b decodes it; the loss is the
-    squared error over the observed ratings only plus ``item_code_l2``/2 · (‖V‖² + ‖W‖²) (the
-    L2 share of each mini-batch in proportion to its movies), minimised by Adam. Only the codes
-    are kept: the decoder's per-user rows are not, a user's row is folded in at inference time
-    (``fold_in_codes``). Uses torch's global random state (seeded by the caller)."""
-    from ml.data import densify  # deferred: ml.data is heavier than this module
-
-    d = config.item_codes
-    items = sp.csr_matrix(train.T, dtype=np.float32)  # (I, U)
-    n_items, n_users = items.shape
-    v = nn.Parameter(torch.randn(n_users, d) * 0.03)
-    c = nn.Parameter(torch.zeros(d))
-    w = nn.Parameter(torch.randn(d, n_users) * 0.03)
-    b = nn.Parameter(torch.zeros(n_users))
-    opt = torch.optim.Adam([v, c, w, b], lr=config.item_code_lr)
-    bs = config.item_code_batch
-    for _ in range(config.item_code_epochs):
-        order = torch.randperm(n_items).numpy()
-        for start in range(0, n_items, bs):
-            rows = order[start : start + bs]
-            x, m = densify(items, rows)  # (B, U)
-            out = torch.sigmoid(x @ v + c) @ w + b  # (B, U)
-            l2 = (v.square().sum() + w.square().sum()) * (rows.size / n_items)
-            loss = ((out - x) * m).square().sum() + 0.5 * config.item_code_l2 * l2
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    codes = np.empty((n_items, d), dtype=np.float32)
-    with torch.no_grad():
-        for start in range(0, n_items, 1024):
-            rows = np.arange(start, min(start + 1024, n_items))
-            x, _ = densify(items, rows)
-            codes[rows] = torch.sigmoid(x @ v + c).numpy()
-    return codes
-
-
-def _fold_in_groups(sizes: np.ndarray, limit: int) -> list[tuple[bool, np.ndarray]]:
-    """The batched solves of ``fold_in_duals``: (dual form?, users) per group. Users with
-    ratings are sorted by their number of ratings within each form and cut into groups of at
-    most ``FOLD_IN_GROUP`` whose sizes differ by at most half, so padding stays small."""
-    groups: list[tuple[bool, np.ndarray]] = []
-    for dual in (True, False):
-        users = np.flatnonzero((sizes > 0) & ((sizes < limit) if dual else (sizes >= limit)))
-        users = users[np.argsort(sizes[users], kind="stable")]  # similar sizes pad little
-        start = 0
-        for end in range(1, users.size + 1):
-            # A group ends when full, or before a user who would pad the others by over 50 %.
-            last = end == users.size
-            if (
-                last
-                or end - start == FOLD_IN_GROUP
-                or sizes[users[end]] > 1.5 * sizes[users[start]] + 8
-            ):
-                groups.append((dual, users[start:end]))
-                start = end
-    return groups
-
-
-def _fold_in_one(
-    h: Tensor, cols: Tensor, y: Tensor, lam: float, dual: bool, item_gram: Tensor | None
-) -> Tensor:
-    """``fold_in_duals`` of one user who rated ``cols`` (n,) with residuals ``y`` (n,): α (n,),
-    unpadded (the gram block gathered as its row block, then its columns)."""
-    if dual:
-        if item_gram is not None:
-            gram = item_gram.index_select(0, cols).index_select(1, cols).float()  # (n, n)
-        else:
-            hr = h.index_select(0, cols)  # (n, d)
-            gram = hr @ hr.T
-        gram.diagonal().add_(lam)
-        return torch.cholesky_solve(y.unsqueeze(1), torch.linalg.cholesky(gram)).squeeze(1)
-    hr = h.index_select(0, cols)  # (n, d)
-    gram = hr.T @ hr  # (d, d)
-    gram.diagonal().add_(lam)
-    w = torch.cholesky_solve((hr.T @ y).unsqueeze(1), torch.linalg.cholesky(gram))  # (d, 1)
-    return (y - (hr @ w).squeeze(1)) / lam
-
-
-def _dual_limit(d: int, item_gram: Tensor | None) -> int:
-    """Fewer ratings than this are folded in the dual form. The dual costs about n³/3 with the
-    gram gathered, n²·d more without it; the primal n·d² + d³/3: the dual is the cheaper one
-    below 2d ratings with the gram, below d without."""
-    return 2 * d if item_gram is not None else d
-
-
-def fold_in_duals(
-    codes: Tensor,
-    indices: Tensor,
-    resid: Tensor,
-    lengths: Sequence[int],
-    lam: float,
-    item_gram: Tensor | None = None,
-    grouped: bool | None = None,
-) -> Tensor:
-    """The item-code fold-in in dual coefficients: α (N,) float32, packed like ``indices``,
-    such that each user's vector w_u = (H_Rᵀ H_R + λI)⁻¹ H_Rᵀ y_u on the codes H_R of the
-    movies they rated (``indices``, packed user after user, ``lengths`` per user) and their
-    residuals y_u (``resid``) is w_u = H_Rᵀ α_u: one embedding bag of the rated movies' codes
-    weighted by α gives every user's vector (``fold_in_codes``), whatever form solved them.
-
-    Users with fewer ratings than d (2d with ``item_gram``) are solved in the dual form,
-    α = (H_R H_Rᵀ + λI)⁻¹ y_u (an n_u × n_u system), the others in the primal (d × d), whose
-    solution gives α = (y_u − H_R w_u) / λ (from (H_RᵀH_R + λI) w_u = H_Rᵀ y_u). On the CPU, and
-    for a batch of one user, each user is solved as they are; larger batches on an accelerator
-    in groups (``_fold_in_groups``), each one batched Cholesky solve over users padded with
-    zero rows, which leaves the solutions exact (a zero row adds nothing to H_Rᵀ H_R, and in
-    the dual its α is 0).
-    With ``item_gram`` (I × I, = codes @ codesᵀ, precomputed once) the dual's H_R H_Rᵀ is
-    gathered from it rather than multiplied out (n_u² · d operations saved per user).
-    ``grouped`` forces the batched groups (True) or the one-user solves (False) on any device
-    (None: by the device)."""
-    h = codes.float()
-    d = h.shape[1]
-    resid = resid.float()
-    alpha = resid.new_zeros(indices.numel())
-    if len(lengths) == 0 or indices.numel() == 0:
-        return alpha
-    limit = _dual_limit(d, item_gram)
-    if len(lengths) == 1:
-        return _fold_in_one(h, indices, resid, lam, indices.numel() < limit, item_gram)
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-    sizes = np.asarray(lengths, dtype=np.int64)
-    if not (h.device.type != "cpu" if grouped is None else grouped):
-        # On the CPU each user is solved alone: LAPACK on one unpadded matrix beats a padded
-        # batched call at every batch size measured (8 to 400 users), and a user's α is then
-        # the same whatever batch they are scored in.
-        for a, n in zip(starts.tolist(), sizes.tolist(), strict=True):
-            if n:
-                part = slice(a, a + n)
-                alpha[part] = _fold_in_one(h, indices[part], resid[part], lam, n < limit, item_gram)
-        return alpha
-    for dual, users in _fold_in_groups(sizes, limit):
-        if users.size == 1:
-            a, n = int(starts[users[0]]), int(sizes[users[0]])
-            alpha[a : a + n] = _fold_in_one(
-                h, indices[a : a + n], resid[a : a + n], lam, dual, item_gram
-            )
-            continue
-        width = int(sizes[users].max())
-        # (G, width) positions into the packed arrays; padding points at slot 0 and is masked.
-        pos = starts[users, None] + np.arange(width)[None, :]
-        valid = np.arange(width)[None, :] < sizes[users, None]
-        pos_t = torch.from_numpy(np.where(valid, pos, 0)).to(indices.device)
-        valid_t = torch.from_numpy(valid).to(h.device)
-        cols = indices[pos_t]  # (G, width)
-        y = (resid[pos_t] * valid_t).unsqueeze(2)  # (G, width, 1)
-        if dual and item_gram is not None:
-            pair = valid_t.unsqueeze(2) & valid_t.unsqueeze(1)  # (G, width, width)
-            at = (cols * item_gram.shape[1]).unsqueeze(2) + cols.unsqueeze(1)  # flat [r, r']
-            gram = item_gram.take(at).float() * pair  # (G, width, width)
-            gram.diagonal(dim1=1, dim2=2).add_(lam)
-            a_g = torch.cholesky_solve(y, torch.linalg.cholesky(gram))  # (G, width, 1)
-            alpha[torch.from_numpy(pos[valid]).to(alpha.device)] = a_g.squeeze(2)[valid_t]
-            continue
-        hr = h[cols] * valid_t.unsqueeze(2)  # (G, width, d), zero padding rows
-        if dual:
-            gram = hr @ hr.transpose(1, 2)  # (G, width, width)
-            gram.diagonal(dim1=1, dim2=2).add_(lam)
-            a_g = torch.cholesky_solve(y, torch.linalg.cholesky(gram))  # (G, width, 1)
-        else:
-            eye_d = torch.eye(d, dtype=h.dtype, device=h.device)
-            gram = hr.transpose(1, 2) @ hr + lam * eye_d  # (G, d, d)
-            rhs = hr.transpose(1, 2) @ y  # (G, d, 1)
-            w = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram))  # (G, d, 1)
-            a_g = (y - hr @ w) / lam  # (G, width, 1), 0 on padding rows
-        alpha[torch.from_numpy(pos[valid]).to(alpha.device)] = a_g.squeeze(2)[valid_t]
-    return alpha
-
-
-def fold_in_codes(
-    codes: Tensor,
-    indices: Tensor,
-    resid: Tensor,
-    lengths: Sequence[int],
-    lam: float,
-    item_gram: Tensor | None = None,
-) -> Tensor:
-    """Each user's vector w_u = (H_Rᵀ H_R + λI)⁻¹ H_Rᵀ y_u on the codes H_R of the movies they
-    rated (``indices``, packed user after user, ``lengths`` per user) and their residuals y_u
-    (``resid``): (B, d) float32, a row of zeros for a user without ratings; w_u = H_Rᵀ α_u
-    from ``fold_in_duals`` (which says how each user is solved)."""
-    h = codes.float()
-    if len(lengths) == 0:
-        return h.new_zeros(0, h.shape[1])
-    alpha = fold_in_duals(codes, indices, resid, lengths, lam, item_gram)
-    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-    return F.embedding_bag(
-        indices,
-        h,
-        torch.from_numpy(offsets).to(indices.device),
-        mode="sum",
-        per_sample_weights=alpha,
-    )
 
 
 def _per_entry(per_user: Tensor, seg: Tensor, n: int) -> Tensor:
@@ -680,35 +122,19 @@ class Autoencoder(nn.Module):
         self.input_bias = nn.Parameter(torch.zeros(first))
         pairs = list(itertools.pairwise(sizes))
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairs)
-        # Decoder mirrors the encoder; tied: only biases of its own, weights are the encoder's.
-        self.decoder = nn.ModuleList(nn.Linear(b, a) for a, b in reversed(pairs) if not config.tied)
-        self.decoder_bias = nn.ParameterList(
-            nn.Parameter(torch.zeros(a)) for a, _ in reversed(pairs) if config.tied
-        )
+        self.decoder = nn.ModuleList(nn.Linear(b, a) for a, b in reversed(pairs))  # the mirror
         self.rating_head = nn.Linear(first, n_items)
         self.ranking_head = nn.Linear(first, n_items) if config.ranking_loss != "none" else None
-        if self.ranking_head is not None and self._has_wide() and config.wide_mode == "sum":
-            # The deep ranking path starts silent: training begins at the EASE ranking and the
-            # deep stack only adds what the validation data rewards.
-            nn.init.zeros_(self.ranking_head.weight)
-            nn.init.zeros_(self.ranking_head.bias)
-        self.wide = (
-            nn.Parameter(torch.zeros(n_items, n_items), requires_grad=config.wide_trainable)
+        self.wide = (  # EASE's closed-form solution, frozen
+            nn.Parameter(torch.zeros(n_items, n_items), requires_grad=False)
             if self._has_wide()
-            else None
-        )
-        # Learned gain of the wide path: the multinomial objective wants sharper logits than the
-        # least-squares EASE solution gives.
-        self.wide_gain = (
-            nn.Parameter(torch.tensor(float(config.wide_gain)))
-            if self._has_wide() and config.wide_mode == "sum"
             else None
         )
         has_wide_rating = (
             config.wide_rating and config.baseline and n_items <= config.wide_max_items
         )
         self.wide_rating = (
-            nn.Parameter(torch.zeros(n_items, n_items), requires_grad=config.wide_trainable)
+            nn.Parameter(torch.zeros(n_items, n_items), requires_grad=False)
             if has_wide_rating
             else None
         )
@@ -725,6 +151,15 @@ class Autoencoder(nn.Module):
         self.item_code_gain = (
             nn.Parameter(torch.zeros(()), requires_grad=False) if has_codes else None
         )
+        # Similar films without EASE: each movie's nearest by cosine (cosine_neighbours).
+        self.similar_cols: Tensor | None
+        self.similar_weights: Tensor | None
+        if not self._has_wide() and config.similar_k > 0:
+            k = min(config.similar_k, max(n_items - 1, 0))
+            self.register_buffer("similar_cols", torch.full((n_items, k), -1, dtype=torch.long))
+            self.register_buffer("similar_weights", torch.zeros(n_items, k))
+        else:
+            self.similar_cols = self.similar_weights = None
 
     def _has_wide(self) -> bool:
         cfg = self.config
@@ -761,10 +196,24 @@ class Autoencoder(nn.Module):
             model.item_bias.copy_(torch.from_numpy(item_bias))
             model.rating_min.fill_(float(train.data.min()))
             model.rating_max.fill_(float(train.data.max()))
-        model.tune_closed_form_paths(train)
-        model.fit_closed_form_paths(train)
+        if model.wide is not None or model.wide_rating is not None:
+            with phase("tuning"):
+                model.tune_closed_form_paths(train)
+                model.fit_closed_form_paths(train)
         model.fit_item_codes(train)
+        model.fit_similar(train)
         return model
+
+    @torch.no_grad()
+    def fit_similar(self, train: sp.csr_matrix) -> None:
+        """Store each movie's nearest movies by cosine over ``train`` (``cosine_neighbours``),
+        the similar films of a model without EASE; nothing for a model with EASE."""
+        if self.similar_cols is None or self.similar_weights is None:
+            return
+        with phase("similar films"):
+            cols, sims = cosine_neighbours(train, self.similar_cols.shape[1])
+        self.similar_cols.copy_(torch.from_numpy(cols))
+        self.similar_weights.copy_(torch.from_numpy(sims))
 
     @torch.no_grad()
     def fit_item_codes(self, train: sp.csr_matrix) -> None:
@@ -900,7 +349,7 @@ class Autoencoder(nn.Module):
         not let noise in. Returns {mix: NDCG@10}; a model without the "ensemble" EASE path,
         candidates or relevant held-out ratings keeps its mix."""
         cfg = self.config
-        if self.wide is None or cfg.wide_mode != "ensemble" or not cfg.wide_mixes:
+        if self.wide is None or not cfg.wide_mixes:
             return {}
         relevant = metrics.relevance(sp.csr_matrix(held_out))  # (U, I)
         users = np.flatnonzero(relevant.any(axis=1))
@@ -990,7 +439,7 @@ class Autoencoder(nn.Module):
         mask = m.to(self.input_bias.dtype)
         dev = (x - self.global_mean - self.item_bias) * mask
         n = mask.sum(1, keepdim=True)  # (B, 1)
-        user_bias = dev.sum(1, keepdim=True) / (n + self.config.user_bias_reg)  # (B, 1)
+        user_bias = user_offset(dev.sum(1, keepdim=True), n, self.config.user_bias_reg)  # (B, 1)
         base = self.global_mean + self.item_bias + user_bias  # (B, I)
         resid = (dev - user_bias) * mask
         full, _ = self._heads(x, m)  # base + deep + ridge + codes, unclamped
@@ -1032,6 +481,8 @@ class Autoencoder(nn.Module):
             config = dict(arch["config"])
             # Checkpoints written before the item-code path existed have no such path.
             config.setdefault("item_codes", 0)
+            # Nor did those written before the stored neighbours of similar films.
+            config.setdefault("similar_k", 0)
             return cls(int(arch["n_items"]), ModelConfig.from_dict(config))
         except KeyError as exc:
             raise ValueError(f"architecture lacks {exc.args[0]!r}") from exc
@@ -1275,7 +726,7 @@ class Autoencoder(nn.Module):
             return None, values
         dev = values - self.global_mean - self.item_bias.index_select(0, indices)  # (N,)
         sums = values.new_zeros(count.shape[0]).index_add_(0, seg, dev)  # (B,)
-        user_bias = sums.unsqueeze(1) / (count + self.config.user_bias_reg)  # (B, 1)
+        user_bias = user_offset(sums.unsqueeze(1), count, self.config.user_bias_reg)  # (B, 1)
         return user_bias, dev - _per_entry(user_bias, seg, dev.numel())
 
     def code_vectors(self, users: SparseUsers) -> Tensor | None:
@@ -1326,7 +777,8 @@ class Autoencoder(nn.Module):
         n = m.sum(1, keepdim=True)  # (B, 1)
         if self.config.baseline:
             dev = (ratings - self.global_mean - self.item_bias) * m  # (B, I)
-            user_bias = dev.sum(1, keepdim=True) / (n + self.config.user_bias_reg)  # (B, 1)
+            sums = dev.sum(1, keepdim=True)  # (B, 1)
+            user_bias = user_offset(sums, n, self.config.user_bias_reg)  # (B, 1)
             resid = (dev - user_bias) * m  # (B, I)
             base = self.global_mean + self.item_bias + user_bias  # (B, I)
         else:
@@ -1369,28 +821,19 @@ class Autoencoder(nn.Module):
             h = self.act(layer(h))
         if self.training:  # (dropout is the identity in eval mode)
             h = self.code_dropout(h)  # (B, code)
-        if self.config.tied:
-            for enc, bias in zip(reversed(self.encoder), self.decoder_bias, strict=True):
-                assert isinstance(enc, nn.Linear)
-                h = self.act(F.linear(h, enc.weight.t(), bias))
-        else:
-            for layer in self.decoder:
-                h = self.act(layer(h))  # back to (B, h0)
+        for layer in self.decoder:
+            h = self.act(layer(h))  # back to (B, h0)
         return h
 
     def _scores(self, h: Tensor, wide: Tensor | None, training_logits: bool) -> Tensor:
         """Ranking scores (B, I) from the decoded layer and the EASE scores (if any)."""
         assert self.ranking_head is not None
         cfg = self.config
-        ensemble = cfg.wide_mode == "ensemble" and not training_logits
-        if wide is not None and ensemble and cfg.wide_mix == 0:
+        if wide is not None and not training_logits and cfg.wide_mix == 0:
             return wide  # EASE alone: 0 · the deep head's (finite) log-probabilities adds 0
         scores = self.ranking_head(h)  # (B, I)
         if wide is None:
             return scores
-        if cfg.wide_mode == "sum":
-            assert self.wide_gain is not None
-            return scores + self.wide_gain * wide
         if training_logits:
             return scores  # the deep head learns on its own
         return wide + cfg.wide_mix * F.log_softmax(scores, dim=1)
@@ -1414,23 +857,14 @@ class Autoencoder(nn.Module):
             ranking_loss = self._ranking_loss(scores, m)
             total = total + self.config.ranking_weight * ranking_loss
             parts["ranking"] = float(ranking_loss.detach())
-        if self.config.refeed and self.training:
-            refeed_loss = self._refeed_loss(pred.detach())
-            total = total + self.config.rating_weight * refeed_loss
-            parts["refeed_mse"] = float(refeed_loss.detach())
         parts["loss"] = float(total.detach())
         return total, parts
 
     def sparse_training(self) -> bool:
         """Whether ``loss_sparse`` computes this model's objective: true unless a path that
         reads whole (B, I) rows in training is on (the EASE or residual-ridge wide paths, an
-        active item-code path, dense re-feeding)."""
-        return (
-            self.wide is None
-            and self.wide_rating is None
-            and not self._codes_active()
-            and not self.config.refeed
-        )
+        active item-code path)."""
+        return self.wide is None and self.wide_rating is None and not self._codes_active()
 
     def loss_sparse(
         self, indices: Tensor, values: Tensor, offsets: Tensor
@@ -1466,7 +900,7 @@ class Autoencoder(nn.Module):
         if cfg.baseline:
             dev = (shown - self.global_mean - self.item_bias[indices]) * keep  # (N,)
             sums = values.new_zeros(n_b).index_add_(0, seg, dev)
-            user_bias = sums.unsqueeze(1) / (n_keep + cfg.user_bias_reg)  # (B, 1)
+            user_bias = user_offset(sums.unsqueeze(1), n_keep, cfg.user_bias_reg)  # (B, 1)
             resid = (dev - user_bias[seg, 0]) * keep  # (N,)
             base = self.global_mean + self.item_bias[indices] + user_bias[seg, 0]  # (N,)
         else:
@@ -1504,22 +938,33 @@ class Autoencoder(nn.Module):
     def _ranking_loss(self, scores: Tensor, m: Tensor) -> Tensor:
         """Objective over all movies of the binarised row ``m`` (B, I)."""
         n = m.sum(1).clamp_min(1.0)  # (B,)
-        if self.config.ranking_loss == "multinomial":
-            # Mult-DAE log-likelihood, per user averaged over the rated movies.
-            return -((F.log_softmax(scores, dim=1) * m).sum(1) / n).mean()
-        weight = m + self.config.negative_weight * (1.0 - m)  # (B, I)
-        return ((scores - m) ** 2 * weight).sum(1).div(n).mean()
-
-    def _refeed_loss(self, dense: Tensor) -> Tensor:
-        """DeepRecommender's dense re-feeding: the (detached) prediction is a fully observed row,
-        so the model should reproduce it from itself."""
-        full = torch.ones_like(dense, dtype=torch.bool)
-        pred, _ = self._heads(dense, full)
-        return ((pred - dense) ** 2).mean()
+        # Mult-DAE log-likelihood, per user averaged over the rated movies.
+        return -((F.log_softmax(scores, dim=1) * m).sum(1) / n).mean()
 
     # -------------------------------------------------------------------- representations
     def item_embeddings(self) -> Tensor:
-        """(I, h0) learned movie representations for "similar movies": the rows of the ranking
-        head (the rating head when there is no ranking head)."""
+        """(I, h0) learned movie representations: the rows of the ranking head (the rating
+        head when there is no ranking head). "Similar movies" use their cosine only for a
+        checkpoint without an item–item part (see ``similar``)."""
         head = self.ranking_head if self.ranking_head is not None else self.rating_head
         return head.weight.detach()
+
+    def similar(self, col: int, n: int) -> tuple[Tensor, Tensor] | None:
+        """The (at most) ``n`` movies most similar to movie ``col`` by the item–item part, best
+        first, never ``col`` itself: (columns, scores). With EASE, the largest entries of its
+        column of weights, B[:, col] — how much having rated each movie raises the score of
+        ``col``; without it (catalogues above ``wide_max_items``, the tutorial model), the
+        stored nearest movies by cosine over the rating matrix (``cosine_neighbours``). Measured
+        on MovieLens-100K series (``bench/similar_films.py``), both find a film's sequels far
+        better than the cosine of the ranking head's rows. None for a model with neither (a
+        checkpoint written before the neighbours were stored)."""
+        if self.wide is not None:
+            sims = self.wide.detach()[:, col].float().clone()  # (I,)
+            sims[col] = -torch.inf
+            top = torch.topk(sims, min(n, self.n_items - 1))
+            return top.indices, top.values
+        if self.similar_cols is not None and self.similar_weights is not None:
+            cols = self.similar_cols[col]  # (k,)
+            found = cols >= 0
+            return cols[found][:n], self.similar_weights[col][found][:n].float()
+        return None
