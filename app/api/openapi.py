@@ -58,6 +58,24 @@ def _genre_item_schemas(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield visitor["properties"]["genres"]
 
 
+def _no_null_parameters(document: dict[str, Any]) -> None:
+    """A query or path parameter is absent or has a value: it cannot be JSON ``null``. FastAPI
+    writes an optional ``int | None`` parameter as ``anyOf: [integer, null]``, which tells a
+    client (and a schema-driven test generator) that something other than the integer's plain
+    digits may be sent; here the schema is the one non-null branch."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema", {})
+                options = schema.get("anyOf")
+                if not options:
+                    continue
+                kept = [option for option in options if option.get("type") != "null"]
+                if len(kept) == 1 and len(kept) < len(options):
+                    del schema["anyOf"]
+                    schema.update(kept[0])
+
+
 def _drop_scheme(document: dict[str, Any], name: str) -> None:
     """Remove a security scheme and every requirement of it."""
     document.get("components", {}).get("securitySchemes", {}).pop(name, None)
@@ -84,6 +102,7 @@ def install(app: FastAPI) -> None:
         if built.get("catalogue") is catalogue and "document" in built:
             return built["document"]
         document = copy.deepcopy(base_openapi())
+        _no_null_parameters(document)
         if not app.state.api_keys:  # user data is open: no key to declare
             _drop_scheme(document, "apiKey")
         if catalogue is not None:
