@@ -5,7 +5,8 @@ are open and the document says so).
 
 A genre filter accepts the genres of the catalogue and nothing else, so the document states
 them: the ``genres`` items (query parameters and visitor bodies) carry a pattern built from the
-catalogue of the serving model, any case, comma lists allowed. The document is built again when
+catalogue of the serving model, any case, comma lists allowed, and so does the catalogue
+search's single ``genre``. The document is built again when
 that catalogue changes (a model swap or a catalogue reload), and has no such pattern while no
 model is loaded (those routes then answer 503).
 """
@@ -36,11 +37,31 @@ def _any_case(name: str) -> str:
     return "".join(out)
 
 
+def _one_genre(names: list[str]) -> str:
+    """One of these genre names, any case, as a regex (longest first)."""
+    return "(?:" + "|".join(_any_case(n) for n in sorted(names, key=len, reverse=True)) + ")"
+
+
 def genre_list_pattern(names: list[str]) -> str:
     """A comma list of these genre names (any case, spaces around each): what the filters
     accept (``app.api.routers.params.parse_genres``)."""
-    one = "(?:" + "|".join(_any_case(n) for n in sorted(names, key=len, reverse=True)) + ")"
+    one = _one_genre(names)
     return rf"^ *{one} *(?:, *{one} *)*$"
+
+
+def genre_pattern(names: list[str]) -> str:
+    """One of these genre names (any case, spaces around it), or nothing (no filter): the
+    catalogue search's ``genre``."""
+    return rf"^(?: *{_one_genre(names)} *)?$"
+
+
+def _genre_name_schemas(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The schemas of every single ``genre`` query parameter (the catalogue search)."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") == "genre" and parameter.get("in") == "query":
+                    yield parameter["schema"]
 
 
 def _genre_item_schemas(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -112,6 +133,9 @@ def install(app: FastAPI) -> None:
                     array["items"]["pattern"] = genre_list_pattern(names)
                 else:
                     array["maxItems"] = 0
+            for schema in _genre_name_schemas(document):
+                # A catalogue without genres accepts none: only the empty value (no filter).
+                schema["pattern"] = genre_pattern(names) if names else "^$"
         built.update(catalogue=catalogue, document=document)
         return document
 

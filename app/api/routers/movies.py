@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from app.api.deps import SessionDep, StateDep
+from app.api.routers.params import parse_genres
 from app.api.schemas.common import CANONICAL, MAX_ID, problem_responses
 from app.api.schemas.movies import MovieOut, MoviePage
 from app.api.schemas.recommendations import RecommendedMovie, SimilarOut
@@ -15,6 +16,7 @@ from app.db.models import Movie
 from app.services import movies as movies_service
 from app.services import recommendations as rec_service
 from app.services.catalogue import split_genres
+from app.services.errors import InvalidInputError
 
 router = APIRouter(prefix="/v1/movies", tags=["movies"])
 MovieId = Annotated[int, Path(ge=0, le=MAX_ID, description="A movie id."), CANONICAL]
@@ -29,6 +31,7 @@ def movie_out(movie: Movie) -> MovieOut:
 @router.get("", summary="Search the catalogue", responses=problem_responses(422, 503))
 async def search_movies(
     session: SessionDep,
+    state: StateDep,
     q: Annotated[
         str | None,
         Query(
@@ -39,12 +42,25 @@ async def search_movies(
             "rated first within each.",
         ),
     ] = None,
-    genre: Annotated[str | None, Query(max_length=100, description="Has this genre.")] = None,
+    genre: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="Has this genre (any case). A genre the catalogue does not have is a "
+            "422 that lists the known ones.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size."), CANONICAL] = 20,
     offset: Annotated[
         int, Query(ge=0, le=10_000_000, description="Matches to skip."), CANONICAL
     ] = 0,
 ) -> MoviePage:
+    if genre:
+        # The serving catalogue's genres (without a model loaded, names are taken as given).
+        names = parse_genres(genre, None if state is None else state.catalogue, field="genre")
+        if len(names) != 1:
+            raise InvalidInputError("genre: one genre name, not a list", field="genre")
+        genre = names[0]
     movies, total = movies_service.search_movies(
         session, q=q, genre=genre, limit=limit, offset=offset
     )
