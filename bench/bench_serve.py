@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -52,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ports import free_port  # run as a script: bench/ is on sys.path
 
 LUA_DONE = """
 done = function(summary, latency, requests)
@@ -160,12 +161,6 @@ def user_ids(scenario: Scenario, limit: int = 5000) -> list[int]:
             "SELECT DISTINCT user_id FROM ratings ORDER BY user_id LIMIT ?", (limit,)
         ).fetchall()
     return [int(r[0]) for r in rows]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(

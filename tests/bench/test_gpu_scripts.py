@@ -4,12 +4,12 @@ keep working on machines without a GPU, where they are not otherwise run."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from bench.ports import free_port
 from tests.deploy.tiny_catalogue import write_catalogue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,12 +27,6 @@ def smoke(script: str, *args: str) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_gpu_check_smoke() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db.models import ModelVersion, Rating
+from bench.ports import free_port
 from tests.conftest import Database
 from tests.deploy.deployfiles import (
     BOOTSTRAP,
@@ -93,12 +93,6 @@ def test_a_typo_is_caught(argv: list[str]) -> None:
 
 
 # ------------------------------------------------------------------ the same commands, natively
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get_json(url: str) -> tuple[int, dict[str, object]]:

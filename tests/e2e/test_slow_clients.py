@@ -17,14 +17,9 @@ from pathlib import Path
 import pytest
 
 from app.db import migrate
+from bench.ports import free_port
 
 HALF_OPEN = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def closed_by_server(sock: socket.socket) -> bool:

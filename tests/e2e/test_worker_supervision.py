@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
+from bench.ports import free_port
 from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
 from tests.app.test_api_helpers import ADMIN_TOKEN
-from tests.app.test_worker_cli import free_port, worker_pids
+from tests.app.test_worker_cli import worker_pids
 
 # A job that trains far longer than any test waits: the tutorial preset, one user per step.
 LONG_JOB = {"preset": "seed", "epochs": 5000}

@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from bench.ports import free_port
 from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
 from tests.app.test_api_helpers import N_MOVIES
 
@@ -32,12 +32,6 @@ PROCESSES = 4
 CLIENTS = 8
 RACED_USERS = 40
 PAIRS = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import scipy.sparse as sp
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from bench.ports import free_port
 from ml.data import split_per_user
 from ml.fit.config import TrainConfig, with_overrides
 from ml.fit.pipeline import fit
@@ -35,12 +35,6 @@ CONFIG = TrainConfig(
 
 def _data() -> tuple[sp.csr_matrix, sp.csr_matrix]:
     return split_per_user(random_matrix(64, 30, density=0.4, seed=11), 0.2, seed=0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # The same without the residual-ridge path: the model trains on packed rows (loss_sparse).
@@ -71,7 +65,7 @@ def _worker(rank: int, world: int, port: int, out: str, config: TrainConfig) -> 
 @pytest.mark.parametrize("config", [CONFIG, PACKED], ids=["dense", "packed"])
 def test_two_gloo_processes_match_one_process(tmp_path: Path, config: TrainConfig) -> None:
     out = tmp_path / "ddp.json"
-    mp.spawn(_worker, args=(2, _free_port(), str(out), config), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out), config), nprocs=2, join=True)
     ddp = json.loads(out.read_text())
     train, val = _data()
     model, single = fit(train, val, config)
