@@ -6,7 +6,6 @@ import gc
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests.app.test_api_helpers import (
     register_result,
     train_tiny,
 )
+from tests.waiting import wait_until
 
 
 def wait_for_version(client: TestClient, version: int, timeout: float = 10.0) -> None:
@@ -34,13 +34,6 @@ def wait_for_version(client: TestClient, version: int, timeout: float = 10.0) ->
             return
         time.sleep(0.05)
     raise AssertionError(f"version {version} was not swapped in within {timeout} s")
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
 
 
 def activate_in_store(served, version_id: int) -> None:
@@ -69,10 +62,10 @@ def test_a_version_activated_elsewhere_is_swapped_in_while_serving(
     for t in threads:
         t.start()
     try:
-        wait_until(lambda: served.version_id in versions, "an answer of the first version")
+        wait_until(lambda: served.version_id in versions, 10, "an answer of the first version")
         activate_in_store(served, second)
         wait_for_version(client, second)
-        wait_until(lambda: second in versions, "the clients to get the second version")
+        wait_until(lambda: second in versions, 10, "the clients to get the second version")
     finally:
         stop.set()
         for t in threads:

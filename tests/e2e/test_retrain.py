@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
 from tests.app.test_api_helpers import admin_headers, app_settings
+from tests.waiting import wait_until
 
 AUTH = admin_headers()
 HEARTBEAT_TIMEOUT = 2.0
@@ -77,16 +78,6 @@ def api(served, tmp_path: Path) -> Iterator[TestClient]:
     settings = app_settings(served.url, tmp_path, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT)
     with TestClient(create_app(settings)) as client:
         yield client
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_retrain_through_the_worker_swaps_in_the_new_version_without_errors(

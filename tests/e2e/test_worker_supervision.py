@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from bench.ports import free_port
 from tests.app.test_api_helpers import *  # noqa: F403 - fixtures
 from tests.app.test_api_helpers import ADMIN_TOKEN
 from tests.app.test_worker_cli import worker_pids
+from tests.waiting import wait_until
 
 # A job that trains far longer than any test waits: the tutorial preset, one user per step.
 LONG_JOB = {"preset": "seed", "epochs": 5000}
@@ -40,16 +41,6 @@ def running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Server:
